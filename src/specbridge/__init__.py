@@ -1,0 +1,3 @@
+"""specbridge: stellar parameters for survey spectra, learned on LAMOST and transferred to DESI."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from specbridge.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""``specbridge <stage> ...``: one subcommand per workflow rule, each usable without Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from specbridge import __version__
+from specbridge.cli import checks, stages
+from specbridge.config import ConfigError
+
+# Each module contributes subcommands through register(subparsers).
+_COMMAND_MODULES = (stages, checks)
+
+
+class CLIError(Exception):
+    """An error the user can fix (bad argument, missing file); printed as one line, exit 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="specbridge",
+        description="Stellar parameters for survey spectra: LAMOST-pretrained models "
+                    "transferred to DESI, written as a value-added catalogue. Each subcommand "
+                    "is one stage of the Snakemake workflow and can be run by hand.",
+    )
+    parser.add_argument("--version", action="version", version=f"specbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<stage>", required=True)
+    for module in _COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``specbridge`` command; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, CLIError) as err:
+        print(f"specbridge {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,119 @@
+"""Subcommands of the pipeline stages.
+
+A stage whose implementation has not landed yet exits with status 3 and says so: it never
+writes an output that could pass for a real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from specbridge.cli._common import add_config_argument
+
+NOT_IMPLEMENTED = 3
+
+
+def _not_implemented(stage: str, issue: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"specbridge {stage}: not implemented yet ({issue}); no output was written",
+              file=sys.stderr)
+        return NOT_IMPLEMENTED
+
+    return run
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mock", help="generate the labelled mock survey from the MILES library",
+                       description="Generate LAMOST- and DESI-format mock spectra with known "
+                                   "labels and an APOGEE allStar-like label catalogue.")
+    add_config_argument(p)
+    p.add_argument("--lamost-list", required=True,
+                   help="output: list of LAMOST files written (files go beside it)")
+    p.add_argument("--desi-list", required=True, help="output: list of DESI files written")
+    p.add_argument("--labels", required=True, help="output: APOGEE allStar-like label FITS")
+    p.set_defaults(func=_not_implemented("mock", "mock survey"))
+
+    p = sub.add_parser("manifest", help="one row per input spectrum, cross-matched to labels",
+                       description="Scan survey files (headers only where possible), record "
+                                   "every spectrum with IDs, position, S/N, reference labels "
+                                   "and flag bits.")
+    add_config_argument(p)
+    p.add_argument("--survey", required=True, choices=["lamost", "desi"])
+    p.add_argument("--output", required=True, help="manifest FITS file to write")
+    p.set_defaults(func=_not_implemented("manifest", "survey readers and manifest"))
+
+    p = sub.add_parser("preprocess", help="resample and continuum-normalise spectra (MPI)",
+                       description="Shift to rest frame, resample onto the common grid, "
+                                   "normalise by a continuum; HDF5 shards and an index.")
+    add_config_argument(p)
+    p.add_argument("--manifest", required=True, help="manifest FITS file")
+    p.add_argument("--output", required=True, help="index HDF5 file of the shards")
+    p.set_defaults(func=_not_implemented("preprocess", "preprocessing"))
+
+    p = sub.add_parser("pretrain", help="pretrain a model on LAMOST (torch DDP)",
+                       description="Pretrain the spectrum MLP, the SpecFormer, or the MLP on "
+                                   "SpecFormer embeddings.")
+    add_config_argument(p)
+    p.add_argument("--model", required=True, choices=["mlp", "specformer", "emb_mlp"])
+    p.add_argument("--spectra", required=True, help="index HDF5 of preprocessed LAMOST spectra")
+    p.add_argument("--embeddings", help="index HDF5 of embeddings (model emb_mlp)")
+    p.add_argument("--output", required=True, help="checkpoint to write")
+    p.set_defaults(func=_not_implemented("pretrain", "pretraining"))
+
+    p = sub.add_parser("embed", help="SpecFormer embeddings of preprocessed spectra",
+                       description="Mean over output tokens of the SpecFormer, standardised.")
+    add_config_argument(p)
+    p.add_argument("--model", required=True, help="SpecFormer checkpoint")
+    p.add_argument("--spectra", required=True, help="index HDF5 of preprocessed spectra")
+    p.add_argument("--output", required=True, help="index HDF5 of embeddings to write")
+    p.set_defaults(func=_not_implemented("embed", "pretraining"))
+
+    p = sub.add_parser("finetune", help="transfer a pretrained model to DESI",
+                       description="Zero-shot, residual-head adapter, LoRA or full fine-tuning.")
+    add_config_argument(p)
+    p.add_argument("--model", required=True, choices=["mlp", "emb_mlp"])
+    p.add_argument("--strategy", required=True, choices=["zeroshot", "adapter", "lora", "full"])
+    p.add_argument("--pretrained", required=True, help="pretrained checkpoint")
+    p.add_argument("--spectra", required=True, help="index HDF5 of preprocessed DESI spectra")
+    p.add_argument("--output", required=True, help="fine-tuned checkpoint to write")
+    p.set_defaults(func=_not_implemented("finetune", "transfer to DESI"))
+
+    p = sub.add_parser("evaluate", help="metrics per candidate and regime; selection table",
+                       description="Robust sigma, bias, outliers and calibration on the DESI "
+                                   "validation and test splits; the per-regime selection.")
+    add_config_argument(p)
+    p.add_argument("--checkpoints", nargs="+", required=True)
+    p.add_argument("--spectra", required=True)
+    p.add_argument("--metrics", required=True, help="metrics table (ECSV) to write")
+    p.add_argument("--metrics-md", required=True, help="metrics table (markdown) to write")
+    p.add_argument("--selection", required=True, help="selection table (ECSV) to write")
+    p.set_defaults(func=_not_implemented("evaluate", "transfer to DESI"))
+
+    p = sub.add_parser("infer", help="sharded predictions of every candidate (MPI)",
+                       description="Every candidate's predictions for all DESI spectra, with "
+                                   "regime routing; restartable per shard.")
+    add_config_argument(p)
+    p.add_argument("--checkpoints", nargs="+", required=True)
+    p.add_argument("--selection", required=True)
+    p.add_argument("--spectra", required=True)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=_not_implemented("infer", "sharded inference"))
+
+    p = sub.add_parser("vac", help="write the value-added catalogue (FITS + HDF5)",
+                       description="One row per input DESI spectrum, keyed by TARGETID.")
+    add_config_argument(p)
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--fits", required=True)
+    p.add_argument("--hdf5", required=True)
+    p.set_defaults(func=_not_implemented("vac", "value-added catalogue"))
+
+    p = sub.add_parser("report", help="figures and tables of the evaluation and the VAC",
+                       description="One-to-one plots, residuals vs [Fe/H], per-regime tables.")
+    add_config_argument(p)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--selection", required=True)
+    p.add_argument("--vac", required=True)
+    p.add_argument("--output", required=True, help="report HTML page (figures beside it)")
+    p.set_defaults(func=_not_implemented("report", "end to end"))

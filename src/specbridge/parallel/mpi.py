@@ -1,0 +1,80 @@
+"""MPI helpers in the desispec manner: optional communicator, rank-0 logging, gathered errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+_MPI_LAUNCH_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
+                    "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS")
+
+
+def launched_under_mpi() -> bool:
+    """True if this process looks like one of several started by mpiexec/srun."""
+    return any(v in os.environ for v in _MPI_LAUNCH_VARS)
+
+
+def get_comm(use_mpi: bool | None = None) -> Any | None:
+    """Return ``MPI.COMM_WORLD``, or None when running without MPI.
+
+    ``use_mpi=None`` decides from the environment: MPI is initialised only when the process was
+    started by an MPI launcher, so a plain ``specbridge ...`` on a login node never touches MPI.
+    """
+    if use_mpi is None:
+        use_mpi = launched_under_mpi()
+    if not use_mpi:
+        return None
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def comm_rank_size(comm: Any | None) -> tuple[int, int]:
+    """(rank, size) of ``comm``; (0, 1) without MPI."""
+    if comm is None:
+        return 0, 1
+    return comm.rank, comm.size
+
+
+def rank0_logger(name: str, comm: Any | None = None, level: int = logging.INFO) -> logging.Logger:
+    """A logger that emits on rank 0 at ``level`` and on other ranks only warnings and above.
+
+    Messages are prefixed with the rank when running with more than one rank.
+    """
+    rank, size = comm_rank_size(comm)
+    logger = logging.getLogger(f"{name}.rank{rank}" if size > 1 else name)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        prefix = f"[rank {rank}/{size}] " if size > 1 else ""
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level if rank == 0 else max(level, logging.WARNING))
+    return logger
+
+
+def gather_error_counts(comm: Any | None, counts: Mapping[str, int]) -> dict[str, int] | None:
+    """Sum per-reason error counts over all ranks onto rank 0.
+
+    Parameters
+    ----------
+    comm : MPI communicator or None
+    counts : mapping reason -> number of failed items on this rank
+
+    Returns
+    -------
+    On rank 0 (or without MPI) the summed counts over all ranks, sorted by reason; None elsewhere.
+    """
+    if comm is None:
+        return dict(sorted(Counter(counts).items()))
+    gathered = comm.gather(dict(counts), root=0)
+    if comm.rank != 0:
+        return None
+    total: Counter[str] = Counter()
+    for c in gathered:
+        total.update(c)
+    return dict(sorted(total.items()))

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# A throwaway single-node SLURM cluster for the test suite (Debian slurm 22.05 + munge).
+#
+#   local_slurm.sh start STATE_DIR   install (if missing) and start munged, slurmctld, slurmd
+#   local_slurm.sh stop  STATE_DIR   stop exactly the daemons that `start` started (by PID)
+#   local_slurm.sh check             exit 0 if a cluster can be brought up here (root + apt or installed)
+#
+# Must run as root. STATE_DIR holds the PID files, logs and spool; /etc/slurm/slurm.conf is written
+# because the jobs' own srun calls read the default path. An existing slurm.conf is kept in
+# STATE_DIR/slurm.conf.orig and restored by `stop`.
+set -euo pipefail
+
+cmd=${1:-}
+state=${2:-/tmp/specbridge-slurm}
+
+need_pkgs() {
+    local missing=()
+    for exe in slurmctld slurmd munged sbatch squeue; do
+        command -v "$exe" >/dev/null 2>&1 || missing+=("$exe")
+    done
+    [ ${#missing[@]} -gt 0 ]
+}
+
+check() {
+    if [ "$(id -u)" != 0 ]; then echo "not root: cannot start slurmctld/slurmd/munged" >&2; return 1; fi
+    if need_pkgs && ! command -v apt-get >/dev/null 2>&1; then
+        echo "slurm packages missing and no apt-get to install them" >&2; return 1
+    fi
+    return 0
+}
+
+install_pkgs() {
+    if need_pkgs; then
+        echo "installing slurmctld slurmd munge with apt-get" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q >/dev/null
+        apt-get install -y -q slurmctld slurmd slurm-client munge >/dev/null
+    fi
+}
+
+wait_for() {  # wait_for SECONDS CMD...
+    local t=$1; shift
+    for _ in $(seq 1 $((t * 5))); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    return 1
+}
+
+start() {
+    check
+    install_pkgs
+    mkdir -p "$state"/{spool/ctld,spool/d,log}
+    local host cpus mem
+    host=$(hostname -s)
+    cpus=$(nproc)
+    mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
+
+    # munge: a fresh key unless one is present; munged runs as user munge.
+    mkdir -p /etc/munge /run/munge /var/lib/munge /var/log/munge
+    if [ ! -s /etc/munge/munge.key ]; then
+        dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
+    fi
+    chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
+    chmod 0700 /etc/munge; chmod 0400 /etc/munge/munge.key; chmod 0755 /run/munge
+    if ! pgrep -x munged >/dev/null; then
+        runuser -u munge -- /usr/sbin/munged --force
+        wait_for 10 munge -n
+        pgrep -n -x munged > "$state/munged.pid"
+        touch "$state/munged.ours"
+    fi
+
+    mkdir -p /etc/slurm
+    if [ -f /etc/slurm/slurm.conf ] && [ ! -f "$state/slurm.conf.orig" ]; then
+        cp /etc/slurm/slurm.conf "$state/slurm.conf.orig"
+    fi
+    cat > /etc/slurm/slurm.conf <<CONF
+# written by specbridge tests/cluster/local_slurm.sh for a throwaway test cluster
+ClusterName=specbridge-test
+SlurmctldHost=$host
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+MpiDefault=pmi2
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+MinJobAge=3600
+ReturnToService=2
+SchedulerType=sched/backfill
+SlurmctldPort=6817
+SlurmdPort=6818
+SlurmctldPidFile=$state/slurmctld.pid
+SlurmdPidFile=$state/slurmd.pid
+StateSaveLocation=$state/spool/ctld
+SlurmdSpoolDir=$state/spool/d
+SlurmctldLogFile=$state/log/slurmctld.log
+SlurmdLogFile=$state/log/slurmd.log
+SlurmctldTimeout=30
+SlurmdTimeout=30
+InactiveLimit=0
+KillWait=5
+NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+CONF
+    /usr/sbin/slurmctld -c -i
+    wait_for 30 scontrol ping
+    /usr/sbin/slurmd -c
+    # node up and idle
+    if ! wait_for 60 sh -c "sinfo -h -o %T | grep -qE '^(idle|mixed|allocated)'"; then
+        echo "slurmd did not come up; slurmd log:" >&2
+        tail -20 "$state/log/slurmd.log" >&2 || true
+        exit 1
+    fi
+    scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
+    echo "SLURM test cluster up on $host ($cpus CPUs, ${mem} MB), state in $state" >&2
+}
+
+stop_pid() {  # stop_pid PIDFILE NAME
+    local f=$1 name=$2 pid
+    [ -s "$f" ] || return 0
+    pid=$(cat "$f")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+        echo "stopped $name (pid $pid)" >&2
+    fi
+    rm -f "$f"
+}
+
+stop() {
+    stop_pid "$state/slurmd.pid" slurmd
+    stop_pid "$state/slurmctld.pid" slurmctld
+    if [ -f "$state/munged.ours" ]; then
+        stop_pid "$state/munged.pid" munged
+        rm -f "$state/munged.ours"
+    fi
+    if [ -f "$state/slurm.conf.orig" ]; then
+        mv "$state/slurm.conf.orig" /etc/slurm/slurm.conf
+    fi
+}
+
+case "$cmd" in
+    start) start ;;
+    stop) stop ;;
+    check) check ;;
+    *) echo "usage: $0 start|stop STATE_DIR | check" >&2; exit 2 ;;
+esac

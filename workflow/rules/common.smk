@@ -1,0 +1,128 @@
+# Helpers shared by the workflow: config validation, output paths, input functions.
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from specbridge.config import ConfigError, config_hash, validate_config
+
+try:
+    _validated = validate_config(config)
+except ConfigError as err:
+    sys.exit(f"specbridge: invalid configuration: {err}")
+config.clear()
+config.update(_validated)
+
+OUT = config["outdir"]
+SURVEYS = ["lamost", "desi"]
+MODELS = config["finetune"]["models"]
+STRATEGIES = config["finetune"]["strategies"]
+CANDIDATES = [f"{m}_{s}" for m in MODELS for s in STRATEGIES]
+
+
+def resolved_config_path():
+    """The validated config with every default filled, as `specbridge <stage> --config` reads it.
+
+    Rewritten (atomically) only when its content changes. Reruns are driven by each rule's
+    `settings` param (section_digest), so a change reruns only the rules it concerns.
+    """
+    path = Path(OUT) / "config" / "resolved.yaml"
+    header = f"# config hash {config_hash(config)}"
+    text = "\n".join([header, yaml.safe_dump(config, sort_keys=True)])
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return str(path)
+
+
+CONFIG_FILE = resolved_config_path()
+
+
+def out(*parts):
+    """A path under the run's output directory."""
+    return str(Path(OUT, *parts))
+
+
+def log_path(name):
+    return out("logs", f"{name}.log")
+
+
+def benchmark_path(name):
+    return out("benchmarks", f"{name}.tsv")
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+def mock_outputs():
+    return {
+        "lamost": out("mock", "lamost_files.txt"),
+        "desi": out("mock", "desi_files.txt"),
+        "labels": out("mock", "apogee_allstar.fits"),
+    }
+
+
+def manifest_inputs(wildcards):
+    """The file lists that the manifest of a survey is built from (mock survey or nothing)."""
+    if config["data"]["source"] == "mock":
+        files = mock_outputs()
+        return {"files": files[wildcards.survey], "labels": files["labels"]}
+    return {}
+
+
+# ---- models ----------------------------------------------------------------------------------
+
+
+def preprocessed(survey):
+    return out("preprocessed", survey, "index.h5")
+
+
+def embeddings(survey):
+    return out("embeddings", survey, "index.h5")
+
+
+def pretrained(model):
+    return out("models", model, "pretrained.pt")
+
+
+def finetuned(candidate):
+    model, strategy = candidate.rsplit("_", 1)
+    return out("models", model, f"finetuned_{strategy}.pt")
+
+
+def finetune_inputs(wildcards):
+    """Pretrained weights of the model plus the DESI arrays it reads (embeddings for emb_mlp)."""
+    inputs = {"pretrained": pretrained(wildcards.model), "spectra": preprocessed("desi")}
+    if wildcards.model == "emb_mlp":
+        inputs["embeddings"] = embeddings("desi")
+    return inputs
+
+
+def candidate_inputs(wildcards=None):
+    """Every fine-tuned candidate's checkpoint, plus what the embedding candidates read."""
+    inputs = {"checkpoints": [finetuned(c) for c in CANDIDATES], "spectra": preprocessed("desi")}
+    if "emb_mlp" in MODELS:
+        inputs["embeddings"] = embeddings("desi")
+    return inputs
+
+
+def section_digest(*sections):
+    """A short hash of the named config sections: a rule's params change only when they do."""
+    blob = json.dumps({s: config[s] for s in sections}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# ---- final products --------------------------------------------------------------------------
+
+
+def vac_outputs():
+    name = config["vac"]["name"]
+    return [out("vac", f"{name}.fits"), out("vac", f"{name}.h5")]
+
+
+def report_outputs():
+    return [out("report", "index.html")]

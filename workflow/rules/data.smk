@@ -1,0 +1,52 @@
+# Data stage: the embedded default's labelled mock survey, then one manifest per survey.
+
+
+rule mock_survey:
+    """Generate the labelled mock survey (LAMOST and DESI files, APOGEE-like labels) from MILES."""
+    output:
+        lamost=mock_outputs()["lamost"],
+        desi=mock_outputs()["desi"],
+        labels=mock_outputs()["labels"],
+    params:
+        config=CONFIG_FILE,
+        settings=section_digest("data", "seed", "resources_dir"),
+    log:
+        log_path("mock_survey"),
+    benchmark:
+        benchmark_path("mock_survey")
+    threads: 1
+    resources:
+        nodes=1,
+        runtime=60,
+        mem_mb=4000,
+    conda:
+        "../../envs/specbridge.yaml"
+    shell:
+        "specbridge mock --config {params.config} "
+        "--lamost-list {output.lamost} --desi-list {output.desi} --labels {output.labels} "
+        "> {log} 2>&1"
+
+
+rule manifest:
+    """One row per input spectrum of a survey, cross-matched to the label catalogue."""
+    input:
+        unpack(manifest_inputs),
+    output:
+        out("manifest", "{survey}.fits"),
+    params:
+        config=CONFIG_FILE,
+        settings=section_digest("data"),
+    log:
+        log_path("manifest_{survey}"),
+    benchmark:
+        benchmark_path("manifest_{survey}")
+    threads: 1
+    resources:
+        nodes=1,
+        runtime=60,
+        mem_mb=4000,
+    conda:
+        "../../envs/specbridge.yaml"
+    shell:
+        "specbridge manifest --config {params.config} --survey {wildcards.survey} "
+        "--output {output} > {log} 2>&1"

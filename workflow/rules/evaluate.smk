@@ -1,0 +1,30 @@
+# Evaluation on the DESI validation and test splits, and the per-regime selection table.
+
+
+rule evaluate:
+    """Metrics per candidate, label, regime and S/N bin; the selection table."""
+    input:
+        unpack(candidate_inputs),
+    output:
+        metrics=out("evaluation", "metrics.ecsv"),
+        metrics_md=out("evaluation", "metrics.md"),
+        selection=out("evaluation", "selection.ecsv"),
+    params:
+        config=CONFIG_FILE,
+        settings=section_digest("labels", "evaluation"),
+    log:
+        log_path("evaluate"),
+    benchmark:
+        benchmark_path("evaluate")
+    threads: 1
+    resources:
+        nodes=1,
+        gpu=0,
+        runtime=60,
+        mem_mb=8000,
+    conda:
+        "../../envs/specbridge.yaml"
+    shell:
+        "specbridge evaluate --config {params.config} --checkpoints {input.checkpoints} "
+        "--spectra {input.spectra} --metrics {output.metrics} --metrics-md {output.metrics_md} "
+        "--selection {output.selection} > {log} 2>&1"
