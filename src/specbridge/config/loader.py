@@ -81,9 +81,9 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                ) -> dict[str, Any]:
-    """Read a YAML config file (or start from an empty one), apply overrides, validate, fill defaults.
+def load_config(path: str | Path | None = None,
+                overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config (or start from an empty one), apply overrides, validate, fill defaults.
 
     ``overrides`` is a nested mapping merged over the file's contents (as ``--config`` does).
     """
@@ -96,7 +96,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             with open(path) as fh:
                 cfg = yaml.safe_load(fh) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}".replace("\n", " "))
+            msg = f"config file {path} is not valid YAML: {exc}".replace("\n", " ")
+            raise ConfigError(msg) from None
         if not isinstance(cfg, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     if overrides:

@@ -1,0 +1,39 @@
+# specbridge — the two commands a newcomer needs:
+#   make demo   install into .venv, then run the whole pipeline on the embedded default
+#   make test   install into .venv (with the dev extra), then run the test suite
+#
+# Other targets: make install, make lint, make dryrun, make clean.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CORES  ?= 2
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo test lint dryrun clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch==2.13.0 is pinned: on the reference machine pip takes the CPU build from disk
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES) --printshellcmds
+	@echo "VAC and report under results/ (see README.md, 'Outputs')"
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/snakemake --lint
+
+dryrun: install
+	$(BIN)/snakemake -n
+
+clean:
+	rm -rf results .snakemake

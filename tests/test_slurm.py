@@ -1,0 +1,67 @@
+"""`snakemake --profile slurm` on a real single-node SLURM cluster: MPI ranks and
+torch.distributed ranks started by srun inside SLURM jobs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+# CPU-only overrides of the site settings in slurm/site.env (a 2-core test node, no GPU).
+CPU_NODE = {
+    "SPECBRIDGE_SLURM_ACCOUNT": "",
+    "SPECBRIDGE_SLURM_PARTITION": "debug",
+    "SPECBRIDGE_CPU_CONSTRAINT": "",
+    "SPECBRIDGE_GPU_CONSTRAINT": "",
+    "SPECBRIDGE_GPUS": "0",
+    "SPECBRIDGE_CPU_TASKS": "2",
+    "SPECBRIDGE_TRAIN_TASKS": "2",
+    "SPECBRIDGE_CPU_CPUS_PER_TASK": "1",
+    "SPECBRIDGE_GPU_CPUS_PER_TASK": "1",
+}
+
+
+def profile_env(repo, tool_env, overrides):
+    """The environment `source slurm/site.env` produces on top of ``overrides``."""
+    env = {**tool_env, **overrides}
+    r = subprocess.run(["bash", "-c", f"source {repo / 'slurm' / 'site.env'} && env -0"],
+                       capture_output=True, env=env, check=True)
+    return dict(kv.split("=", 1) for kv in r.stdout.decode().split("\0") if "=" in kv)
+
+
+def run_profile(repo, workdir, env, *targets, timeout=600):
+    cmd = ["snakemake", *targets, "-s", str(repo / "Snakefile"), "-d", str(workdir),
+           "--profile", str(repo / "slurm"), "--slurm-status-command", "squeue",
+           "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1",
+           "--retries", "0", "--configfile", str(repo / "config.yaml")]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_cluster_check_mpi_and_ddp_under_srun(slurm_cluster, repo, tmp_path, tool_env):
+    env = profile_env(repo, tool_env, CPU_NODE)
+    r = run_profile(repo, tmp_path, env, "cluster_check")
+    logs = "\n".join(p.read_text() for p in tmp_path.glob("results/logs/*.log"))
+    assert r.returncode == 0, f"{r.stdout[-4000:]}\n{r.stderr[-4000:]}\n{logs}"
+    out = r.stdout + r.stderr
+    assert "has been submitted with SLURM jobid" in out  # really went through sbatch
+
+    mpi = json.loads((tmp_path / "results" / "checks" / "mpi.json").read_text())
+    assert mpi["ok"] and mpi["world_size"] == 2 and mpi["ranks"] == [0, 1]
+    assert len({m["pid"] for m in mpi["members"]}) == 2
+
+    ddp = json.loads((tmp_path / "results" / "checks" / "ddp.json").read_text())
+    assert ddp["ok"] and ddp["launcher"] == "srun" and ddp["backend"] == "gloo"
+    assert ddp["world_size"] == 2 and ddp["allreduce_sum"] == 3.0
+    assert [m[0] for m in ddp["members"]] == [0, 1]
+
+
+def test_srun_without_pmi_is_caught(slurm_cluster, repo, tmp_path, tool_env):
+    """Without PMI every task is a lone rank 0 of size 1; check-mpi must fail, not pass."""
+    env = profile_env(repo, tool_env, {**CPU_NODE, "SPECBRIDGE_MPI_LAUNCHER": "srun --mpi=none"})
+    r = run_profile(repo, tmp_path, env, "check_mpi")
+    assert r.returncode != 0
+    log = (tmp_path / "results" / "logs" / "check_mpi.log").read_text()
+    assert "world size 1, expected 2" in log
