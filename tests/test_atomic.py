@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from specbridge.io import atomic_output, write_json_atomic
+from specbridge.atomic import atomic_output, write_json_atomic
 
 
 def test_atomic_output_success_and_failure(tmp_path):

@@ -74,6 +74,14 @@ def manifest_inputs(wildcards):
     return {}
 
 
+def manifest_source_args(wildcards, input):
+    """Command-line arguments naming the manifest's inputs: the mock survey's file list and
+    label catalogue, or nothing (the config's globs are read by `specbridge manifest`)."""
+    if config["data"]["source"] == "mock":
+        return f"--files-from {input.files} --labels {input.labels} --label-format apogee_allstar"
+    return ""
+
+
 # ---- models ----------------------------------------------------------------------------------
 
 

@@ -35,7 +35,8 @@ rule manifest:
         out("manifest", "{survey}.fits"),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("data"),
+        settings=section_digest("data", "grid"),
+        sources=manifest_source_args,
     log:
         log_path("manifest_{survey}"),
     benchmark:
@@ -49,4 +50,4 @@ rule manifest:
         "../../envs/specbridge.yaml"
     shell:
         "specbridge manifest --config {params.config} --survey {wildcards.survey} "
-        "--output {output} > {log} 2>&1"
+        "{params.sources} --output {output} > {log} 2>&1"

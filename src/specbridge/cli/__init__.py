@@ -8,15 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from specbridge import __version__
-from specbridge.cli import checks, stages
+from specbridge.cli import checks, manifest, stages
+from specbridge.cli._common import CLIError
 from specbridge.config import ConfigError
+from specbridge.io.fitsutil import FormatError
 
 # Each module contributes subcommands through register(subparsers).
-_COMMAND_MODULES = (stages, checks)
-
-
-class CLIError(Exception):
-    """An error the user can fix (bad argument, missing file); printed as one line, exit 2."""
+_COMMAND_MODULES = (manifest, stages, checks)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +39,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "%(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CLIError) as err:
+    except (ConfigError, CLIError, FormatError) as err:
         print(f"specbridge {args.command}: error: {err}", file=sys.stderr)
         return 2

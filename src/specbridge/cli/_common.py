@@ -8,6 +8,10 @@ from typing import Any
 from specbridge.config import load_config
 
 
+class CLIError(Exception):
+    """An error the user can fix (bad argument, missing file); printed as one line, exit 2."""
+
+
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="YAML", default="config.yaml",
                         help="configuration file, validated against the schema; missing keys "

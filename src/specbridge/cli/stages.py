@@ -34,15 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", required=True, help="output: APOGEE allStar-like label FITS")
     p.set_defaults(func=_not_implemented("mock", "mock survey"))
 
-    p = sub.add_parser("manifest", help="one row per input spectrum, cross-matched to labels",
-                       description="Scan survey files (headers only where possible), record "
-                                   "every spectrum with IDs, position, S/N, reference labels "
-                                   "and flag bits.")
-    add_config_argument(p)
-    p.add_argument("--survey", required=True, choices=["lamost", "desi"])
-    p.add_argument("--output", required=True, help="manifest FITS file to write")
-    p.set_defaults(func=_not_implemented("manifest", "survey readers and manifest"))
-
     p = sub.add_parser("preprocess", help="resample and continuum-normalise spectra (MPI)",
                        description="Shift to rest frame, resample onto the common grid, "
                                    "normalise by a continuum; HDF5 shards and an index.")

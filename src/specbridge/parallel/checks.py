@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from specbridge.io.atomic import write_json_atomic
+from specbridge.atomic import write_json_atomic
 from specbridge.parallel.ddp import destroy_distributed, detect_dist_env, init_distributed
 from specbridge.parallel.mpi import get_comm
 

@@ -1,0 +1,340 @@
+"""The manifest: one row per input spectrum, with IDs, position, redshift, S/N, reference labels
+and flag bits. Bad input is recorded with a reason, never dropped.
+
+Written as a FITS binary table (EXTNAME MANIFEST), atomically. Column meanings are in
+docs/datamodel/manifest.md.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fitsio
+import numpy as np
+
+from specbridge import __version__, flags
+from specbridge.atomic import atomic_output
+from specbridge.io import desi, lamost
+from specbridge.io.crossmatch import crossmatch
+from specbridge.io.fitsutil import FormatError
+from specbridge.io.labels import LabelTable
+
+log = logging.getLogger(__name__)
+
+#: (name, numpy dtype, unit, description) of every manifest column, in order.
+COLUMNS: tuple[tuple[str, str, str, str], ...] = (
+    ("SURVEY", "U8", "", "lamost or desi"),
+    ("FILE", "U256", "", "path of the input file"),
+    ("ROW", "i4", "", "row of the spectrum in the file (-1: the file could not be read)"),
+    ("LAYOUT", "U16", "", "desi-coadd, desi-spectra, lamost-image or lamost-table"),
+    ("SPECID", "i8", "", "TARGETID (DESI) or OBSID (LAMOST); negative if synthetic (NO_ID)"),
+    ("GAIA_ID", "i8", "", "Gaia source ID if the file gives one, else -1"),
+    ("RA", "f8", "deg", "right ascension"),
+    ("DEC", "f8", "deg", "declination"),
+    ("Z", "f8", "", "redshift (DESI: redrock; LAMOST: pipeline), NaN if none"),
+    ("ZERR", "f8", "", "redshift uncertainty"),
+    ("ZWARN", "i8", "", "redrock ZWARN (DESI), -1 if none"),
+    ("CLASS", "U8", "", "survey classification (SPECTYPE / CLASS), upper case"),
+    ("OBJTYPE", "U8", "", "DESI FIBERMAP OBJTYPE (TGT, SKY, ...); '' for LAMOST"),
+    ("SNR", "f4", "", "median per-pixel S/N over the common grid range (4000-5600 A)"),
+    ("WAVE_MIN", "f8", "Angstrom", "first wavelength of the arm used (vacuum)"),
+    ("WAVE_MAX", "f8", "Angstrom", "last wavelength of the arm used (vacuum)"),
+    ("NPIX", "i4", "", "pixels of the arm used"),
+    ("LABEL_ID", "U32", "", "ID of the matched reference star ('' if none)"),
+    ("MATCH_METHOD", "U8", "", "file, spec_id, gaia or position"),
+    ("MATCH_SEP", "f4", "arcsec", "separation of a positional match"),
+    ("N_MATCH", "i2", "", "label-catalogue candidates for this spectrum"),
+    ("TEFF", "f4", "K", "reference effective temperature"),
+    ("TEFF_ERR", "f4", "K", "its uncertainty"),
+    ("LOGG", "f4", "dex", "reference surface gravity log10(g / cm s^-2)"),
+    ("LOGG_ERR", "f4", "dex", "its uncertainty"),
+    ("FEH", "f4", "dex", "reference [Fe/H]"),
+    ("FEH_ERR", "f4", "dex", "its uncertainty"),
+    ("ALPHA_FE", "f4", "dex", "reference [alpha/Fe]"),
+    ("ALPHA_FE_ERR", "f4", "dex", "its uncertainty"),
+    ("FLAGS", "i8", "", "flag bits (specbridge.flags, docs/datamodel/flags.md)"),
+    ("FLAG_REASON", "U128", "", "why a fatal flag was set ('' if none)"),
+)
+DTYPE = np.dtype([(name, dt) for name, dt, _, _ in COLUMNS])
+SYNTHETIC_ID_OFFSET = 10**12
+LABEL_COLUMNS = {"teff": "TEFF", "logg": "LOGG", "feh": "FEH", "alpha_fe": "ALPHA_FE"}
+
+
+@dataclass(frozen=True)
+class GridRange:
+    """Wavelength range (vacuum Angstrom) the spectra must cover: the common grid's."""
+
+    wmin: float
+    wmax: float
+
+    @classmethod
+    def from_config(cls, grid: dict[str, Any]) -> GridRange:
+        start, step, npix = grid["log10_lambda_start"], grid["log10_lambda_step"], grid["npix"]
+        return cls(10.0 ** start, 10.0 ** (start + step * (npix - 1)))
+
+
+DEFAULT_RANGE = GridRange(10.0 ** 3.602, 10.0 ** (3.602 + 1e-4 * 1461))
+
+
+def empty_rows(n: int) -> np.ndarray:
+    """``n`` manifest rows with neutral values (NaN floats, -1 IDs, no flags)."""
+    rows = np.zeros(n, dtype=DTYPE)
+    for name, dt, _, _ in COLUMNS:
+        if dt.startswith("f"):
+            rows[name] = np.nan
+    rows["ROW"] = -1
+    rows["SPECID"] = -1
+    rows["GAIA_ID"] = -1
+    rows["ZWARN"] = -1
+    return rows
+
+
+def pixel_quality(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
+                  grid: GridRange) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-spectrum quality over the grid range.
+
+    wave: (npix,); flux, ivar: (nspec, npix). Returns (snr (nspec,) median S/N of usable
+    pixels, nonfinite (nspec,) bool, n_valid (nspec,) int, covers (bool scalar as array)).
+    """
+    inside = (wave >= grid.wmin) & (wave <= grid.wmax)
+    f = flux[:, inside]
+    iv = ivar[:, inside]
+    finite = np.isfinite(f) & np.isfinite(iv)
+    nonfinite = ~finite.all(axis=1)
+    good = finite & (iv > 0)
+    with np.errstate(invalid="ignore"):
+        s = np.where(good, np.abs(f) * np.sqrt(np.where(good, iv, 0.0)), np.nan)
+    n_valid = good.sum(axis=1)
+    snr = np.full(flux.shape[0], np.nan, dtype=np.float32)
+    ok = n_valid > 0
+    if ok.any():
+        snr[ok] = np.nanmedian(s[ok], axis=1)
+    step = np.median(np.diff(wave)) if wave.size > 1 else 0.0
+    covers = wave.size > 1 and wave[0] <= grid.wmin + step and wave[-1] >= grid.wmax - step
+    return snr, nonfinite, n_valid, np.asarray(covers)
+
+
+def _set(rows: np.ndarray, i: Any, name: str, reason: str = "") -> None:
+    """Set flag ``name`` on rows ``i`` (index, slice or mask); append ``reason`` to FLAG_REASON
+    for fatal flags ('; '-separated, cut at the column width)."""
+    rows["FLAGS"][i] |= flags.flag(name)
+    if not (reason and flags.BY_NAME[name].fatal):
+        return
+    width = rows.dtype["FLAG_REASON"].itemsize // 4
+    for k in np.atleast_1d(np.arange(rows.size)[i]):
+        cur = str(rows["FLAG_REASON"][k])
+        rows["FLAG_REASON"][k] = (f"{cur}; {reason}" if cur else reason)[:width]
+
+
+def _failed_file(survey: str, path: str, err: FormatError, layout: str = "") -> np.ndarray:
+    row = empty_rows(1)
+    row["SURVEY"] = survey
+    row["FILE"] = path
+    row["LAYOUT"] = layout
+    _set(row, 0, err.flag, err.reason)
+    return row
+
+
+def _flag_quality(rows: np.ndarray, snr, nonfinite, n_valid, covers, wave) -> None:
+    rows["SNR"] = snr
+    rows["WAVE_MIN"] = wave[0] if wave.size else np.nan
+    rows["WAVE_MAX"] = wave[-1] if wave.size else np.nan
+    rows["NPIX"] = wave.size
+    if not covers:
+        _set(rows, slice(None), "NO_COVERAGE",
+             f"wavelengths {wave[0]:.0f}-{wave[-1]:.0f} A miss the grid range")
+    _set(rows, nonfinite, "NONFINITE")
+    _set(rows, n_valid == 0, "NO_VALID_PIXELS", "no pixel with ivar > 0 and finite flux")
+    _set(rows, (n_valid > 0) & (snr < 1), "LOW_SNR")
+
+
+def scan_lamost_file(path: str, grid: GridRange = DEFAULT_RANGE) -> np.ndarray:
+    """One manifest row for a LAMOST file (a flagged row if it cannot be read)."""
+    try:
+        spec = lamost.read_lamost(path)
+    except FormatError as err:
+        return _failed_file("lamost", path, err)
+    m = spec.meta
+    row = empty_rows(1)
+    row["SURVEY"] = "lamost"
+    row["FILE"] = path
+    row["ROW"] = 0
+    row["LAYOUT"] = f"lamost-{m['LAYOUT']}"
+    if m["OBSID"] is not None:
+        row["SPECID"] = m["OBSID"]
+    else:
+        _set(row, 0, "NO_ID")
+    row["RA"], row["DEC"] = m["RA"], m["DEC"]
+    row["Z"], row["ZERR"] = m["Z"], m["Z_ERR"]
+    row["CLASS"] = m["CLASS"].upper()[:8]
+    if math.isnan(m["RA"]) or math.isnan(m["DEC"]):
+        _set(row, 0, "BAD_HEADER")
+    if math.isnan(m["Z"]):
+        _set(row, 0, "NO_REDSHIFT")
+    if m["CLASS"] and m["CLASS"].upper() != "STAR":
+        _set(row, 0, "NOT_STAR")
+    if spec.flux.size < 2 or np.any(np.diff(spec.wave) <= 0):
+        _set(row, 0, "BAD_SHAPE", "wavelengths not increasing")
+        return row
+    q = pixel_quality(spec.wave, spec.flux[None, :], spec.ivar[None, :], grid)
+    _flag_quality(row, *q, spec.wave)
+    return row
+
+
+def scan_desi_file(path: str, redshifts: dict[int, tuple[float, float, int, str]] | None = None,
+                   grid: GridRange = DEFAULT_RANGE, arm: str = "B") -> np.ndarray:
+    """Manifest rows for every spectrum of a DESI file; reads FIBERMAP and one arm's
+    WAVELENGTH/FLUX/IVAR only. A file that cannot be read gives one flagged row."""
+    layout = desi.file_layout(path)
+    try:
+        nrows = desi.desi_nrows(path)
+        fm = desi.read_fibermap(path)
+        a = desi.read_arm(path, arm, parts=("FLUX", "IVAR"))
+    except FormatError as err:
+        return _failed_file("desi", path, err, layout)
+    if a.flux.shape[0] != nrows or (fm is not None and len(fm) != nrows):
+        return _failed_file("desi", path, FormatError(
+            path, f"{arm}_FLUX has {a.flux.shape[0]} rows, FIBERMAP {nrows}", "BAD_SHAPE"),
+            layout)
+    rows = empty_rows(nrows)
+    rows["SURVEY"] = "desi"
+    rows["FILE"] = path
+    rows["ROW"] = np.arange(nrows)
+    rows["LAYOUT"] = layout
+    if fm is None:
+        # no FIBERMAP: synthetic negative IDs unique within the file, flagged NO_ID
+        rows["SPECID"] = -(np.arange(nrows) + 1)
+        _set(rows, slice(None), "NO_ID")
+    else:
+        tid = fm["TARGETID"].astype(np.int64)
+        rows["SPECID"] = tid
+        rows["RA"] = fm["TARGET_RA"] if "TARGET_RA" in fm.dtype.names else np.nan
+        rows["DEC"] = fm["TARGET_DEC"] if "TARGET_DEC" in fm.dtype.names else np.nan
+        if "OBJTYPE" in fm.dtype.names:
+            obj = np.char.upper(np.char.strip(fm["OBJTYPE"].astype("U8")))
+            rows["OBJTYPE"] = obj
+            _set(rows, obj == "SKY", "SKY_FIBER", "sky fibre")
+        if "REF_ID" in fm.dtype.names and "REF_CAT" in fm.dtype.names:
+            cat = np.char.strip(fm["REF_CAT"].astype("U2"))
+            is_gaia = np.char.startswith(cat, "G") & (fm["REF_ID"] > 0)
+            rows["GAIA_ID"] = np.where(is_gaia, fm["REF_ID"], -1)
+        _set(rows, tid < 0, "EMPTY_FIBER", "negative TARGETID (empty fibre)")
+        if redshifts is not None:
+            for i, t in enumerate(tid):
+                z = redshifts.get(int(t))
+                if z is not None:
+                    rows["Z"][i], rows["ZERR"][i], rows["ZWARN"][i] = z[0], z[1], z[2]
+                    rows["CLASS"][i] = z[3].upper()[:8]
+    _set(rows, ~np.isfinite(rows["Z"]), "NO_REDSHIFT")
+    has_class = rows["CLASS"] != ""
+    _set(rows, has_class & (rows["CLASS"] != "STAR"), "NOT_STAR")
+    q = pixel_quality(a.wave, a.flux, a.ivar, grid)
+    _flag_quality(rows, *q, a.wave)
+    return rows
+
+
+def flag_duplicates(rows: np.ndarray) -> None:
+    """Flag all but the highest-S/N spectrum of every repeated non-negative SPECID, in place."""
+    ids = rows["SPECID"]
+    valid = ids >= 0
+    snr = np.nan_to_num(rows["SNR"].astype(np.float64), nan=-1.0)
+    order = np.lexsort((-snr, ids))
+    sorted_ids = ids[order]
+    dup = np.zeros(rows.size, bool)
+    dup[order[1:]] = sorted_ids[1:] == sorted_ids[:-1]
+    dup &= valid
+    _set(rows, dup, "DUPLICATE_ID", "ID repeated; a higher-S/N copy is kept")
+
+
+def attach_labels(rows: np.ndarray, labels: LabelTable | None, radius_arcsec: float) -> None:
+    """Cross-match rows to ``labels`` and fill the label columns and flags, in place."""
+    if labels is None:
+        _set(rows, slice(None), "NO_LABEL")
+        return
+    files = np.array([Path(f).name for f in rows["FILE"]])
+    m = crossmatch(labels, rows["RA"], rows["DEC"], gaia_id=rows["GAIA_ID"],
+                   spec_id=rows["SPECID"], file=files, radius_arcsec=radius_arcsec)
+    hit = m.index >= 0
+    j = m.index[hit]
+    rows["LABEL_ID"][hit] = labels.ids[j]
+    rows["MATCH_METHOD"] = m.method
+    rows["MATCH_SEP"] = m.sep_arcsec
+    rows["N_MATCH"] = m.n_candidates
+    for lab, col in LABEL_COLUMNS.items():
+        rows[col][hit] = labels.values[lab][j]
+        rows[f"{col}_ERR"][hit] = labels.errors[lab][j]
+    _set(rows, ~hit, "NO_LABEL")
+    _set(rows, m.n_candidates > 1, "AMBIGUOUS_MATCH")
+    incomplete = np.zeros(rows.size, bool)
+    incomplete[hit] = labels.bad[j]
+    _set(rows, incomplete, "BAD_LABEL")
+
+
+def expand_globs(patterns: Iterable[str]) -> list[str]:
+    """Sorted, de-duplicated paths matching the glob patterns; a pattern matching nothing is
+    kept as a literal path so that the manifest records it as missing (UNREADABLE_FILE)."""
+    out: list[str] = []
+    for pat in patterns:
+        hits = sorted(glob.glob(pat, recursive=True))
+        out.extend(hits if hits else [pat])
+    return sorted(set(out), key=out.index)
+
+
+def build_manifest(survey: str, files: Sequence[str], labels: LabelTable | None = None,
+                   redshift_files: Sequence[str] = (), grid: GridRange = DEFAULT_RANGE,
+                   radius_arcsec: float = 1.0,
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Scan ``files`` of one survey into manifest rows (every file, every spectrum)."""
+    if survey not in ("lamost", "desi"):
+        raise ValueError(f"unknown survey {survey!r}")
+    zlookup = desi.redshift_lookup(redshift_files) if redshift_files else None
+    parts = []
+    for k, path in enumerate(files):
+        if survey == "lamost":
+            parts.append(scan_lamost_file(path, grid))
+        else:
+            parts.append(scan_desi_file(path, zlookup, grid))
+        if progress is not None:
+            progress(k + 1, len(files))
+    rows = np.concatenate(parts) if parts else empty_rows(0)
+    # files without IDs get synthetic negative IDs unique within the manifest, far below the
+    # negative TARGETIDs of DESI's empty fibres
+    no_id = (rows["FLAGS"] & flags.flag("NO_ID")) != 0
+    rows["SPECID"][no_id] = -(SYNTHETIC_ID_OFFSET + np.flatnonzero(no_id))
+    flag_duplicates(rows)
+    attach_labels(rows, labels, radius_arcsec)
+    return rows
+
+
+def write_manifest(path: str | Path, rows: np.ndarray, meta: dict[str, Any] | None = None,
+                   ) -> None:
+    """Write manifest rows as FITS (EXTNAME MANIFEST, units, checksums), atomically."""
+    header = [{"name": "SBVERS", "value": __version__, "comment": "specbridge version"},
+              {"name": "NSPEC", "value": int(rows.size), "comment": "rows (input spectra)"},
+              {"name": "NFATAL", "value": int(flags.is_fatal(rows["FLAGS"]).sum()),
+               "comment": "rows with a fatal flag"}]
+    for k, v in (meta or {}).items():
+        header.append({"name": k[:8].upper(), "value": v})
+    units = [u for _, _, u, _ in COLUMNS]
+    with atomic_output(path) as tmp, fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
+        fits.write(rows, extname="MANIFEST", header=header, units=units)
+        fits[-1].write_checksum()
+
+
+def read_manifest(path: str | Path) -> np.ndarray:
+    """Manifest rows as a structured array with the dtype :data:`DTYPE` (strings as str)."""
+    data = fitsio.read(str(path), ext="MANIFEST")
+    rows = np.zeros(len(data), dtype=DTYPE)
+    for name in DTYPE.names:
+        col = data[name]
+        if DTYPE[name].kind == "U":
+            col = np.char.strip(col.astype(DTYPE[name]))
+        rows[name] = col
+    return rows
+

@@ -1,0 +1,268 @@
+"""The manifest: labels attach to the right spectra; a corrupt-file corpus derived from the real
+files gets the right flags and reasons while every file stays listed; FITS round trip."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import shutil
+import subprocess
+from pathlib import Path
+
+import fitsio
+import numpy as np
+import pytest
+
+from specbridge import flags
+from specbridge.io.labels import read_apogee_allstar, read_label_table
+from specbridge.io.manifest import build_manifest, read_manifest, write_manifest
+
+MDWARF_COLUMNS = {"teff": "teffin", "logg": "loggin", "feh": "fehin", "file": "file_name",
+                  "ra": "RA", "dec": "DEC", "id": "lamost"}
+LASP_COLUMNS = {"teff": "pred_Teff", "logg": "pred_logg", "feh": "pred_FeH",
+                "teff_err": "pred_Teff_err", "logg_err": "pred_logg_err",
+                "feh_err": "pred_FeH_err", "file": "ID"}
+
+
+def names(v) -> set[str]:
+    return set(flags.names(int(v)))
+
+
+def test_mdwarf_labels_attach_by_file_and_by_position(shared_data):
+    folder = shared_data / "lamost" / "mdwarfs_labelled"
+    files = sorted(str(p) for p in folder.glob("*.fits"))
+    with open(folder / "labels.csv") as fh:
+        truth = {r["file_name"]: r for r in csv.DictReader(fh)}
+    by_file = build_manifest("lamost", files,
+                             labels=read_label_table(folder / "labels.csv", MDWARF_COLUMNS))
+    assert by_file.size == 54
+    for r in by_file:
+        t = truth[Path(r["FILE"]).name]
+        assert r["MATCH_METHOD"] == "file"
+        assert r["TEFF"] == pytest.approx(float(t["teffin"]))
+        assert r["LOGG"] == pytest.approx(float(t["loggin"]))
+        assert r["FEH"] == pytest.approx(float(t["fehin"]))
+        assert r["LABEL_ID"] == t["lamost"]
+        assert "NO_LABEL" not in names(r["FLAGS"])
+    # the same table matched by sky position only (1 arcsec) gives the same labels
+    pos_cols = {k: v for k, v in MDWARF_COLUMNS.items() if k != "file"}
+    by_pos = build_manifest("lamost", files, labels=read_label_table(folder / "labels.csv",
+                                                                      pos_cols))
+    matched = by_pos["MATCH_METHOD"] == "position"
+    assert matched.sum() >= 50
+    np.testing.assert_allclose(by_pos["TEFF"][matched], by_file["TEFF"][matched])
+    assert np.all(by_pos["MATCH_SEP"][matched] < 1.0)
+
+
+@pytest.mark.parametrize("csv_name", ["LASP_Adam_inferred.csv", "LASP_CurveFit_inferred.csv"])
+def test_pylasp_labels_attach_to_right_obsids(shared_data, csv_name):
+    folder = shared_data / "lamost" / "table_format_dr10"
+    files = sorted(str(p) for p in folder.glob("*.fits"))
+    table = folder / csv_name
+    with open(table) as fh:
+        truth = {r["ID"]: r for r in csv.DictReader(fh)}
+    rows = build_manifest("lamost", files, labels=read_label_table(table, LASP_COLUMNS))
+    assert rows.size == 25
+    labelled = 0
+    for r in rows:
+        name = Path(r["FILE"]).name
+        assert r["SPECID"] == int(name.split(".")[0])
+        if name in truth:
+            labelled += 1
+            assert r["TEFF"] == pytest.approx(float(truth[name]["pred_Teff"]), rel=1e-6)
+            assert r["FEH_ERR"] == pytest.approx(float(truth[name]["pred_FeH_err"]), rel=1e-5)
+        else:
+            assert "NO_LABEL" in names(r["FLAGS"]) and np.isnan(r["TEFF"])
+    assert labelled == len(truth)
+
+
+def _allstar(path, ra, dec, gaia, teff, aspcapflag, starflag=None):
+    n = len(ra)
+    t = np.zeros(n, dtype=[("APOGEE_ID", "U18"), ("RA", "f8"), ("DEC", "f8"),
+                           ("GAIAEDR3_SOURCE_ID", "i8"), ("TEFF", "f4"), ("TEFF_ERR", "f4"),
+                           ("LOGG", "f4"), ("LOGG_ERR", "f4"), ("M_H", "f4"), ("FE_H", "f4"),
+                           ("FE_H_ERR", "f4"), ("ALPHA_M", "f4"), ("ALPHA_M_ERR", "f4"),
+                           ("ASPCAPFLAG", "i8"), ("STARFLAG", "i8")])
+    t["APOGEE_ID"] = [f"2M{i:08d}" for i in range(n)]
+    t["RA"], t["DEC"], t["GAIAEDR3_SOURCE_ID"], t["TEFF"] = ra, dec, gaia, teff
+    t["TEFF_ERR"], t["LOGG"], t["M_H"], t["FE_H"], t["ALPHA_M"] = 50, 2.5, -0.4, -0.5, 0.2
+    t["ASPCAPFLAG"] = aspcapflag
+    t["STARFLAG"] = starflag if starflag is not None else 0
+    fitsio.write(str(path), t, extname="ALLSTAR", clobber=True)
+
+
+def test_apogee_allstar_crossmatch_flags(shared_data, tmp_path):
+    folder = shared_data / "lamost" / "table_format_dr10"
+    files = sorted(str(p) for p in folder.glob("*.fits"))[:4]
+    base = build_manifest("lamost", files)
+    ra, dec = base["RA"], base["DEC"]
+    # star 0: exact; star 1: 0.5" away but BAD (ASPCAPFLAG bit 23); star 2: two candidates
+    # within 1" (ambiguous); star 3: nothing within 1"
+    cat_ra = [ra[0], ra[1], ra[2], ra[2], ra[3] + 10 / 3600]
+    cat_dec = [dec[0], dec[1] + 0.5 / 3600, dec[2] + 0.3 / 3600, dec[2] - 0.6 / 3600, dec[3]]
+    _allstar(tmp_path / "allStar.fits", cat_ra, cat_dec, [-1] * 5,
+             [4000, 4100, 4200, 4300, 4400], [0, 1 << 23, 0, 0, 0])
+    labels = read_apogee_allstar(tmp_path / "allStar.fits")
+    # [alpha/Fe] = [alpha/M] + [M/H] - [Fe/H] = 0.2 - 0.4 + 0.5
+    assert labels.values["alpha_fe"][0] == pytest.approx(0.3, abs=1e-6)
+    rows = build_manifest("lamost", files, labels=labels, radius_arcsec=1.0)
+    assert rows["TEFF"][0] == 4000 and names(rows["FLAGS"][0]).isdisjoint(
+        {"NO_LABEL", "BAD_LABEL", "AMBIGUOUS_MATCH"})
+    assert rows["TEFF"][1] == 4100 and "BAD_LABEL" in names(rows["FLAGS"][1])
+    assert rows["MATCH_SEP"][1] == pytest.approx(0.5, abs=0.01)
+    assert rows["TEFF"][2] == 4200 and rows["N_MATCH"][2] == 2  # the nearer of the two
+    assert "AMBIGUOUS_MATCH" in names(rows["FLAGS"][2])
+    assert "NO_LABEL" in names(rows["FLAGS"][3]) and np.isnan(rows["TEFF"][3])
+
+
+def test_gaia_id_match_wins_over_position(shared_data, tmp_path):
+    files = sorted(str(p) for p in (shared_data / "desi").glob("coadd-*.fits"))
+    base = build_manifest("desi", files)
+    i = int(np.flatnonzero(base["SPECID"] == 39627866878511337)[0])
+    # the DESI FIBERMAP has no Gaia ID for this target: give the label table a near-position
+    _allstar(tmp_path / "a.fits", [base["RA"][i]], [base["DEC"][i] + 0.2 / 3600], [123],
+             [5000], [0])
+    rows = build_manifest("desi", files, labels=read_apogee_allstar(tmp_path / "a.fits"))
+    assert rows["MATCH_METHOD"][i] == "position" and rows["TEFF"][i] == 5000
+    assert (rows["LABEL_ID"] != "").sum() == 1
+
+
+# ---- the corrupt-file corpus, derived from the real files ------------------------------------
+
+def _corpus(shared_data: Path, d: Path) -> dict[str, tuple[str, str, str]]:
+    """Write corrupt variants; return {path: (survey, expected flag, reason fragment)}."""
+    lam_img = shared_data / "lamost" / "mdwarfs_labelled" / \
+        "spec-55917-B5591705_sp13-116.fits"
+    lam_tab = shared_data / "lamost" / "table_format_dr10" / "3703110.fits"
+    coadd = shared_data / "desi" / "coadd-sv3-dark-26065.fits"
+    out: dict[str, tuple[str, str, str]] = {}
+
+    def add(name, survey, flag, reason):
+        out[str(d / name)] = (survey, flag, reason)
+        return d / name
+
+    raw = lam_img.read_bytes()
+    add("zero.fits", "lamost", "UNREADABLE_FILE", "zero-length").write_bytes(b"")
+    add("trunc_lamost.fits", "lamost", "UNREADABLE_FILE", "").write_bytes(raw[: len(raw) // 2])
+    craw = coadd.read_bytes()
+    add("trunc_desi.fits", "desi", "UNREADABLE_FILE", "").write_bytes(craw[: len(craw) // 3])
+    add("notfits.fits", "lamost", "UNREADABLE_FILE", "not a readable FITS").write_text("hello")
+    (d / "gz_garbage.fits.gz").write_bytes(gzip.compress(b"x" * 5000))
+    out[str(d / "gz_garbage.fits.gz")] = ("lamost", "UNREADABLE_FILE", "")
+    out[str(d / "does_not_exist.fits")] = ("lamost", "UNREADABLE_FILE", "cannot stat")
+
+    hdr = fitsio.read_header(str(lam_img))
+    data = fitsio.read(str(lam_img))
+    fitsio.write(str(add("two_rows.fits", "lamost", "BAD_SHAPE", "primary image has 2 rows")),
+                 data[:2], header=hdr, clobber=True)
+    # a DESI file handed to the LAMOST reader: wrong layout
+    shutil.copy(coadd, add("desi_as_lamost.fits", "lamost", "MISSING_HDU",
+                           "neither a LAMOST primary image"))
+    nan = data.copy()
+    nan[0, :] = np.nan
+    fitsio.write(str(add("nan_flux.fits", "lamost", "NO_VALID_PIXELS", "no pixel")), nan,
+                 header=hdr, clobber=True)
+    some_nan = data.copy()
+    some_nan[0, 1000:1010] = np.inf
+    fitsio.write(str(add("some_inf.fits", "lamost", "NONFINITE", "")), some_nan, header=hdr,
+                 clobber=True)
+    zero_ivar = data.copy()
+    zero_ivar[1, :] = 0
+    fitsio.write(str(add("zero_ivar.fits", "lamost", "NO_VALID_PIXELS", "no pixel")),
+                 zero_ivar, header=hdr, clobber=True)
+    red = data.copy()
+    red[2, :] = red[2, :] * 1.6  # 5900-14500 A: misses 4000-5600 A
+    fitsio.write(str(add("red_only.fits", "lamost", "NO_COVERAGE", "miss the grid range")), red,
+                 header=hdr, clobber=True)
+    # DESI: drop B_FLUX; FLUX/IVAR shape mismatch; NaN-filled B_FLUX
+    with fitsio.FITS(str(coadd)) as src:
+        hdus = [(h.get_extname(), h.read(), h.read_header()) for h in src][1:]
+
+    def write_desi(name, skip=(), replace=None):
+        with fitsio.FITS(str(d / name), "rw", clobber=True) as f:
+            for ext, arr, h in hdus:
+                if ext in skip:
+                    continue
+                arr = (replace or {}).get(ext, arr)
+                f.write(arr, extname=ext, header=h)
+
+    write_desi("no_bflux.fits", skip=("B_FLUX",))
+    out[str(d / "no_bflux.fits")] = ("desi", "MISSING_HDU", "B_FLUX")
+    bflux = dict((e, a) for e, a, _ in hdus)["B_FLUX"]
+    write_desi("bad_shape.fits", replace={"B_FLUX": bflux[:, :2000]})
+    out[str(d / "bad_shape.fits")] = ("desi", "BAD_SHAPE", "2000 pixels")
+    write_desi("nan_desi.fits", replace={"B_FLUX": np.full_like(bflux, np.nan)})
+    out[str(d / "nan_desi.fits")] = ("desi", "NO_VALID_PIXELS", "no pixel")
+    # the table layout without its FLUX column
+    t = fitsio.read(str(lam_tab), ext="COADD")
+    cols = [c for c in t.dtype.names if c != "FLUX"]
+    with fitsio.FITS(str(add("coadd_noflux.fits", "lamost", "MISSING_HDU",
+                             "COADD lacks column")), "rw", clobber=True) as f:
+        f.write(None, header={"OBSID": 3703110, "RA": 138.08, "DEC": 27.89})
+        f.write(t[cols], extname="COADD")
+    return out
+
+
+def test_corrupt_corpus_is_flagged_and_nothing_is_lost(shared_data, tmp_path):
+    corpus = _corpus(shared_data, tmp_path)
+    good_lamost = str(shared_data / "lamost" / "table_format_dr10" / "3706009.fits")
+    for survey in ("lamost", "desi"):
+        files = [p for p, (s, _, _) in corpus.items() if s == survey]
+        if survey == "lamost":
+            files += [good_lamost, good_lamost]  # the same spectrum twice: a duplicate ID
+        rows = build_manifest(survey, files)
+        assert set(rows["FILE"]) == set(files)  # every file is listed
+        for path in files:
+            if path == good_lamost:
+                continue
+            _, flag, reason = corpus[path]
+            r = rows[rows["FILE"] == path]
+            for one in r:
+                assert flag in names(one["FLAGS"]), (path, names(one["FLAGS"]))
+                if flags.BY_NAME[flag].fatal:
+                    assert flags.is_fatal(one["FLAGS"])
+                    assert reason in one["FLAG_REASON"], (path, one["FLAG_REASON"])
+        if survey == "lamost":
+            dup = rows[rows["FILE"] == good_lamost]
+            assert sorted("DUPLICATE_ID" in names(v) for v in dup["FLAGS"]) == [False, True]
+
+
+def test_manifest_fits_round_trip_and_fitsverify(shared_data, tmp_path):
+    files = sorted(str(p) for p in (shared_data / "desi").glob("*coadd*.fits"))
+    rows = build_manifest("desi", files,
+                          redshift_files=sorted(str(p) for p in
+                                                (shared_data / "desi").glob("*redrock*")))
+    out = tmp_path / "manifest.fits"
+    write_manifest(out, rows, {"SURVEY": "desi"})
+    back = read_manifest(out)
+    assert back.dtype == rows.dtype
+    for name in rows.dtype.names:
+        if rows.dtype[name].kind == "f":
+            np.testing.assert_array_equal(back[name], rows[name])
+        else:
+            assert back[name].tolist() == rows[name].tolist(), name
+    fv = shutil.which("fitsverify")
+    if fv is None:
+        pytest.skip("fitsverify not installed (apt-get install fitsverify)")
+    r = subprocess.run([fv, "-q", str(out)], capture_output=True, text=True)
+    assert "verification OK" in r.stdout, r.stdout + r.stderr
+    # z from the redrock file reached the GALAXY target
+    i = back["SPECID"] == 39633345008634465
+    assert back["Z"][i][0] == pytest.approx(0.36874355) and back["CLASS"][i][0] == "GALAXY"
+
+
+def test_manifest_cli(shared_data, tmp_path, tool_env):
+    folder = shared_data / "lamost" / "mdwarfs_labelled"
+    out = tmp_path / "m.fits"
+    cols = ",".join(f"{k}={v}" for k, v in MDWARF_COLUMNS.items())
+    r = subprocess.run(["specbridge", "manifest", "--survey", "lamost", "--output", str(out),
+                        "--labels", str(folder / "labels.csv"), "--label-format", "table",
+                        "--label-columns", cols, str(folder / "*.fits"),
+                        str(tmp_path / "missing.fits")],
+                       capture_output=True, text=True, env=tool_env)
+    assert r.returncode == 0, r.stderr
+    rows = read_manifest(out)
+    assert rows.size == 55
+    assert "UNREADABLE_FILE" in names(rows[rows["FILE"] == str(tmp_path / "missing.fits")]
+                                      ["FLAGS"][0])
+    assert "files/s" in r.stderr
