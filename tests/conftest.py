@@ -81,3 +81,20 @@ def slurm_cluster(tmp_path_factory):
     finally:
         subprocess.run(["bash", str(script), "stop", str(state)], capture_output=True,
                        timeout=120)
+
+
+@pytest.fixture(scope="session")
+def small_mock(tmp_path_factory, shared_data):
+    """A small mock survey (400 LAMOST, 400 DESI spectra) generated once per session."""
+    from specbridge.config import validate_config
+    from specbridge.mock.survey import generate
+
+    out = tmp_path_factory.mktemp("mock")
+    cfg = validate_config({"reference_data": str(shared_data),
+                           "resources_dir": str(out / "resources"),
+                           "data": {"mock": {"n_lamost": 400, "n_desi": 400,
+                                             "desi_per_file": 200}}})
+    res = generate(cfg, out)
+    res["outdir"] = out
+    res["config"] = cfg
+    return res

@@ -62,6 +62,7 @@ def mock_outputs():
     return {
         "lamost": out("mock", "lamost_files.txt"),
         "desi": out("mock", "desi_files.txt"),
+        "redrock": out("mock", "desi_redrock_files.txt"),
         "labels": out("mock", "apogee_allstar.fits"),
     }
 
@@ -70,16 +71,22 @@ def manifest_inputs(wildcards):
     """The file lists that the manifest of a survey is built from (mock survey or nothing)."""
     if config["data"]["source"] == "mock":
         files = mock_outputs()
-        return {"files": files[wildcards.survey], "labels": files["labels"]}
+        inputs = {"files": files[wildcards.survey], "labels": files["labels"]}
+        if wildcards.survey == "desi":
+            inputs["redrock"] = files["redrock"]
+        return inputs
     return {}
 
 
 def manifest_source_args(wildcards, input):
     """Command-line arguments naming the manifest's inputs: the mock survey's file list and
     label catalogue, or nothing (the config's globs are read by `specbridge manifest`)."""
-    if config["data"]["source"] == "mock":
-        return f"--files-from {input.files} --labels {input.labels} --label-format apogee_allstar"
-    return ""
+    if config["data"]["source"] != "mock":
+        return ""
+    args = f"--files-from {input.files} --labels {input.labels} --label-format apogee_allstar"
+    if wildcards.survey == "desi":
+        args += f" --redshifts-from {input.redrock}"
+    return args
 
 
 # ---- models ----------------------------------------------------------------------------------

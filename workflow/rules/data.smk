@@ -6,6 +6,7 @@ rule mock_survey:
     output:
         lamost=mock_outputs()["lamost"],
         desi=mock_outputs()["desi"],
+        redrock=mock_outputs()["redrock"],
         labels=mock_outputs()["labels"],
     params:
         config=CONFIG_FILE,
@@ -23,7 +24,8 @@ rule mock_survey:
         "../../envs/specbridge.yaml"
     shell:
         "specbridge mock --config {params.config} "
-        "--lamost-list {output.lamost} --desi-list {output.desi} --labels {output.labels} "
+        "--lamost-list {output.lamost} --desi-list {output.desi} "
+        "--redrock-list {output.redrock} --labels {output.labels} "
         "> {log} 2>&1"
 
 

@@ -31,21 +31,31 @@ def load_labels(path: str | None, fmt: str, columns: dict[str, str]) -> LabelTab
     return read_label_table(path, columns)
 
 
+def _read_list(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise CLIError(f"cannot read file list {path}: {exc.strerror}") from None
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     data = cfg["data"]
     if args.files:
         files = expand_globs(args.files)
     elif args.files_from:
-        lines = Path(args.files_from).read_text().splitlines()
-        files = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+        files = _read_list(args.files_from)
     else:
         files = expand_globs(data[args.survey]["files"])
     if not files:
         log.warning("no %s files given (config data.%s.files is empty)", args.survey, args.survey)
     redshift_files = []
     if args.survey == "desi":
-        redshift_files = expand_globs(args.redshifts or data["desi"]["redshift_files"])
+        if args.redshifts_from:
+            redshift_files = _read_list(args.redshifts_from)
+        else:
+            redshift_files = expand_globs(args.redshifts or data["desi"]["redshift_files"])
     label_cfg = data["labels"]
     columns = label_cfg["columns"]
     if args.label_columns:
@@ -95,6 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: config data.labels.columns)")
     p.add_argument("--redshifts", nargs="+", metavar="GLOB",
                    help="DESI redrock files (default: config data.desi.redshift_files)")
+    p.add_argument("--redshifts-from", metavar="LIST",
+                   help="text file listing DESI redrock files, one per line")
     p.add_argument("files", nargs="*", metavar="FILE",
                    help="input files or globs (default: --files-from, else config)")
     p.set_defaults(func=run)

@@ -24,16 +24,6 @@ def _not_implemented(stage: str, issue: str):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("mock", help="generate the labelled mock survey from the MILES library",
-                       description="Generate LAMOST- and DESI-format mock spectra with known "
-                                   "labels and an APOGEE allStar-like label catalogue.")
-    add_config_argument(p)
-    p.add_argument("--lamost-list", required=True,
-                   help="output: list of LAMOST files written (files go beside it)")
-    p.add_argument("--desi-list", required=True, help="output: list of DESI files written")
-    p.add_argument("--labels", required=True, help="output: APOGEE allStar-like label FITS")
-    p.set_defaults(func=_not_implemented("mock", "mock survey"))
-
     p = sub.add_parser("preprocess", help="resample and continuum-normalise spectra (MPI)",
                        description="Shift to rest frame, resample onto the common grid, "
                                    "normalise by a continuum; HDF5 shards and an index.")

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import fitsio
 import numpy as np
 
-from specbridge.io.fitsutil import FormatError, extnames, guarded_read, open_fits, require_hdus
+from specbridge.io.fitsutil import FormatError, extnames, guarded_read, opened, require_hdus
 
 ARMS = ("B", "R", "Z")
 FIBERMAP_COLUMNS = ("TARGETID", "TARGET_RA", "TARGET_DEC", "OBJTYPE", "COADD_FIBERSTATUS",
@@ -53,9 +54,14 @@ def _row_span(rows: Sequence[int] | None, nrows: int) -> tuple[int, int, np.ndar
     return start, stop, rows - start
 
 
-def desi_nrows(path: str | Path) -> int:
-    """Number of spectra in a DESI file (rows of FIBERMAP, else of B_FLUX)."""
-    with open_fits(path) as fits:
+Source = str | Path | fitsio.FITS
+
+
+def desi_nrows(path: Source) -> int:
+    """Number of spectra in a DESI file (rows of FIBERMAP, else of B_FLUX).
+
+    Every reader here takes a path or an open ``fitsio.FITS`` (see fitsutil.opened)."""
+    with opened(path) as (fits, path):
         names = extnames(fits)
         if "FIBERMAP" in names:
             return int(fits["FIBERMAP"].get_nrows())
@@ -65,17 +71,17 @@ def desi_nrows(path: str | Path) -> int:
     raise FormatError(path, "neither FIBERMAP nor any *_FLUX HDU", flag="MISSING_HDU")
 
 
-def desi_arms(path: str | Path) -> list[str]:
+def desi_arms(path: Source) -> list[str]:
     """The arms (of B, R, Z) whose WAVELENGTH and FLUX HDUs are present."""
-    with open_fits(path) as fits:
+    with opened(path) as (fits, path):
         names = extnames(fits)
     return [a for a in ARMS if f"{a}_WAVELENGTH" in names and f"{a}_FLUX" in names]
 
 
-def read_fibermap(path: str | Path, rows: Sequence[int] | None = None,
+def read_fibermap(path: Source, rows: Sequence[int] | None = None,
                   columns: Sequence[str] = FIBERMAP_COLUMNS) -> np.ndarray | None:
     """FIBERMAP columns (those of ``columns`` that exist) for ``rows``; None if no FIBERMAP."""
-    with open_fits(path) as fits:
+    with opened(path) as (fits, path):
         if "FIBERMAP" not in extnames(fits):
             return None
         hdu = fits["FIBERMAP"]
@@ -86,7 +92,7 @@ def read_fibermap(path: str | Path, rows: Sequence[int] | None = None,
         return guarded_read(path, "FIBERMAP", hdu.read, columns=present, **kw)
 
 
-def read_arm(path: str | Path, arm: str, rows: Sequence[int] | None = None,
+def read_arm(path: Source, arm: str, rows: Sequence[int] | None = None,
              parts: Sequence[str] = ("FLUX", "IVAR", "MASK")) -> DesiArm:
     """Read one arm's wavelength and the requested ``parts`` (FLUX, IVAR, MASK, RESOLUTION).
 
@@ -94,7 +100,7 @@ def read_arm(path: str | Path, arm: str, rows: Sequence[int] | None = None,
     the file (None when absent); FLUX and IVAR are required when asked for.
     """
     arm = arm.upper()
-    with open_fits(path) as fits:
+    with opened(path) as (fits, path):
         names = extnames(fits)
         require_hdus(fits, path, [f"{arm}_WAVELENGTH"]
                      + [f"{arm}_{p}" for p in parts if p in ("FLUX", "IVAR")])
@@ -124,9 +130,9 @@ def read_arm(path: str | Path, arm: str, rows: Sequence[int] | None = None,
     return DesiArm(arm, wave, out["FLUX"], out["IVAR"], out["MASK"], out["RESOLUTION"])
 
 
-def read_redshifts(path: str | Path) -> np.ndarray:
+def read_redshifts(path: Source) -> np.ndarray:
     """TARGETID, Z, ZERR, ZWARN, SPECTYPE from a redrock file's REDSHIFTS (or ZBEST) HDU."""
-    with open_fits(path) as fits:
+    with opened(path) as (fits, path):
         names = extnames(fits)
         ext = "REDSHIFTS" if "REDSHIFTS" in names else "ZBEST" if "ZBEST" in names else None
         if ext is None:

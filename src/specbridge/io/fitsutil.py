@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import fitsio
@@ -64,3 +66,17 @@ def guarded_read(path: str | Path, what: str, func, *args, **kwargs):
     except (OSError, ValueError, IndexError, KeyError, TypeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FormatError(path, f"cannot read {what} ({msg})") from None
+
+
+@contextlib.contextmanager
+def opened(source: str | Path | fitsio.FITS) -> Iterator[tuple[fitsio.FITS, str]]:
+    """Yield ``(fits, path)`` for a path (opened here, closed on exit) or an already open
+    fitsio.FITS (left open), so that a caller reading several HDUs opens the file once."""
+    if isinstance(source, fitsio.FITS):
+        yield source, str(source._filename)
+        return
+    fits = open_fits(source)
+    try:
+        yield fits, str(source)
+    finally:
+        fits.close()

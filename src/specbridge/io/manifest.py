@@ -22,7 +22,7 @@ from specbridge import __version__, flags
 from specbridge.atomic import atomic_output
 from specbridge.io import desi, lamost
 from specbridge.io.crossmatch import crossmatch
-from specbridge.io.fitsutil import FormatError
+from specbridge.io.fitsutil import FormatError, opened
 from specbridge.io.labels import LabelTable
 
 log = logging.getLogger(__name__)
@@ -193,9 +193,10 @@ def scan_desi_file(path: str, redshifts: dict[int, tuple[float, float, int, str]
     WAVELENGTH/FLUX/IVAR only. A file that cannot be read gives one flagged row."""
     layout = desi.file_layout(path)
     try:
-        nrows = desi.desi_nrows(path)
-        fm = desi.read_fibermap(path)
-        a = desi.read_arm(path, arm, parts=("FLUX", "IVAR"))
+        with opened(path) as (fits, _):
+            nrows = desi.desi_nrows(fits)
+            fm = desi.read_fibermap(fits)
+            a = desi.read_arm(fits, arm, parts=("FLUX", "IVAR"))
     except FormatError as err:
         return _failed_file("desi", path, err, layout)
     if a.flux.shape[0] != nrows or (fm is not None and len(fm) != nrows):
