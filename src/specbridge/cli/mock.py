@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import time
 from pathlib import Path
 
@@ -33,8 +34,11 @@ def run(args: argparse.Namespace, comm=None) -> int:
     t0 = time.monotonic()
     res = generate(cfg, outdir, comm=comm, progress=Progress("mock", log, unit="batches"),
                    with_resolution=False if args.no_resolution else None)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peaks = comm.gather(peak_mb, root=0) if comm is not None else [peak_mb]
     if comm is not None and comm.rank != 0:
         return 0
+    log.info("peak memory per rank: %s MB", ", ".join(f"{p:.0f}" for p in peaks))
     _write_list(args.lamost_list, res["lamost"])
     _write_list(args.desi_list, res["desi"])
     if args.redrock_list:
