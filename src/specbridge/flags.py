@@ -74,3 +74,30 @@ def markdown_table() -> str:
     rows += [f"| {f.bit} | {f.value} | `{f.name}` | {'yes' if f.fatal else 'no'} | "
              f"{f.description} |" for f in FLAG_BITS]
     return "\n".join(rows)
+
+
+# ---- per-pixel mask bits of the preprocessed spectra (``mask`` in the HDF5 shards) -----------
+
+@dataclass(frozen=True)
+class PixelBit:
+    name: str
+    bit: int
+    description: str
+
+    @property
+    def value(self) -> int:
+        return 1 << self.bit
+
+
+PIXEL_BITS: tuple[PixelBit, ...] = (
+    PixelBit("NO_DATA", 0, "no usable input pixel covers this grid pixel (ivar set to 0)"),
+    PixelBit("PARTIAL", 1, "some input pixels in this grid pixel were masked or had ivar 0"),
+    PixelBit("INPUT_MASK", 2, "an input pixel's survey mask (DESI MASK, LAMOST ANDMASK) was set"),
+    PixelBit("CONTINUUM_BAD", 3, "the continuum fit is not positive here (ivar set to 0)"),
+)
+PIXEL_BY_NAME: dict[str, PixelBit] = {p.name: p for p in PIXEL_BITS}
+
+
+def pixel_flag(name: str) -> int:
+    """Integer value of the named pixel-mask bit."""
+    return PIXEL_BY_NAME[name].value

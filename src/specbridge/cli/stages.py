@@ -24,14 +24,6 @@ def _not_implemented(stage: str, issue: str):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("preprocess", help="resample and continuum-normalise spectra (MPI)",
-                       description="Shift to rest frame, resample onto the common grid, "
-                                   "normalise by a continuum; HDF5 shards and an index.")
-    add_config_argument(p)
-    p.add_argument("--manifest", required=True, help="manifest FITS file")
-    p.add_argument("--output", required=True, help="index HDF5 file of the shards")
-    p.set_defaults(func=_not_implemented("preprocess", "preprocessing"))
-
     p = sub.add_parser("pretrain", help="pretrain a model on LAMOST (torch DDP)",
                        description="Pretrain the spectrum MLP, the SpecFormer, or the MLP on "
                                    "SpecFormer embeddings.")
