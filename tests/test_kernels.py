@@ -169,3 +169,14 @@ def test_broadening_matches_reference_and_conserves_flux():
     b, _ = broaden_gaussian(line[None, :], np.ones((1, GRID.npix)), np.full(GRID.npix, 2.0))
     assert b[0].min() > line.min() + 0.2
     assert (1 - b[0]).sum() == pytest.approx((1 - line).sum(), rel=1e-6)
+
+
+def test_shared_sigma_row_equals_per_spectrum_sigma():
+    rng = np.random.default_rng(7)
+    flux, ivar = _noisy(rng, 3, GRID.wave)
+    ivar[2, 50:80] = 0
+    sigma = np.linspace(0.2, 1.8, GRID.npix)
+    a = broaden_gaussian(flux, ivar, sigma)
+    b = broaden_gaussian(flux, ivar, np.tile(sigma, (3, 1)))
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-12)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-12)

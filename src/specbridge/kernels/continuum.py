@@ -216,19 +216,22 @@ def _continuum_batch(flux, ivar, mask, bpowers, stride, half, iterations, lower,
 def continuum_normalise(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray,
                         degree: int = 5, median_window: int = 7, iterations: int = 10,
                         lower: float = 1.0, upper: float = 3.0, stride: int = 4,
+                        inplace: bool = False,
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Divide spectra by their upper-envelope continuum (module docstring).
 
     flux, ivar: (n, npix) on one grid; mask: (n, npix) int pixel bits. Returns new arrays
     (flux / cont, ivar * cont^2, mask | CONTINUUM_BAD where cont <= 0, cont), all (n, npix);
     flux and ivar float64. Where a spectrum has too few usable pixels the continuum is NaN and
-    the pixels get ivar 0 and CONTINUUM_BAD.
+    the pixels get ivar 0 and CONTINUUM_BAD. ``inplace=True`` overwrites flux, ivar and mask
+    when they already are C-contiguous float64/float64/int32 (saves three copies).
     """
     if not 0 <= degree <= MAX_DEGREE:
         raise ValueError(f"degree must be in 0..{MAX_DEGREE}")
-    f = np.array(flux, dtype=np.float64, order="C", copy=True)
-    iv = np.array(ivar, dtype=np.float64, order="C", copy=True)
-    m = np.array(mask, dtype=np.int32, order="C", copy=True)
+    copy = not inplace
+    f = np.array(flux, dtype=np.float64, order="C", copy=copy)
+    iv = np.array(ivar, dtype=np.float64, order="C", copy=copy)
+    m = np.array(mask, dtype=np.int32, order="C", copy=copy)
     cont = np.empty_like(f)
     npix = f.shape[1]
     stride = max(1, int(stride))

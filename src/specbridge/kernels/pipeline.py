@@ -67,19 +67,23 @@ def preprocess_batch(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
     f, iv, m = resample_rest_frame(pixel_edges(wave), flux, ivar, mask, z, g.edges)
     if settings.target_r is not None and sigma_in_aa is not None:
         out_wave = g.wave
-        s_in = np.atleast_2d(sigma_in_aa)
-        # input sigma at each output pixel (observed -> rest frame scales wavelengths 1/(1+z))
-        zz = np.nan_to_num(np.asarray(z, dtype=np.float64))
-        s_out = np.empty((f.shape[0], out_wave.size))
-        for i in range(f.shape[0]):
-            row = s_in[i if s_in.shape[0] > 1 else 0]
-            s_out[i] = np.interp(out_wave * (1 + zz[i]), wave, row) / (1 + zz[i])
         s_t = out_wave / settings.target_r / FWHM_PER_SIGMA
         dlam = out_wave * np.log(10.0) * g.step
-        extra = np.sqrt(np.clip(s_t[None, :] ** 2 - s_out ** 2, 0, None)) / dlam[None, :]
+        if np.ndim(sigma_in_aa) == 1:
+            # one instrumental profile for all (nominal resolution): stellar redshifts
+            # (|z| < 0.003) move it by under a pixel, so one kernel serves the batch
+            s_out = np.interp(out_wave, wave, sigma_in_aa)
+            extra = np.sqrt(np.clip(s_t ** 2 - s_out ** 2, 0, None)) / dlam
+        else:
+            # input sigma at each output pixel (the rest frame scales wavelengths by 1/(1+z))
+            zz = np.nan_to_num(np.asarray(z, dtype=np.float64))
+            s_out = np.empty((f.shape[0], out_wave.size))
+            for i in range(f.shape[0]):
+                s_out[i] = np.interp(out_wave * (1 + zz[i]), wave, sigma_in_aa[i]) / (1 + zz[i])
+            extra = np.sqrt(np.clip(s_t[None, :] ** 2 - s_out ** 2, 0, None)) / dlam[None, :]
         f, iv = broaden_gaussian(f, iv, extra)
     if settings.continuum:
         f, iv, m, _ = continuum_normalise(f, iv, m, degree=settings.degree,
                                           median_window=settings.median_window,
-                                          iterations=settings.iterations)
+                                          iterations=settings.iterations, inplace=True)
     return f, iv, m
