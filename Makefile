@@ -2,7 +2,7 @@
 #   make demo   install into .venv, then run the whole pipeline on the embedded default
 #   make test   install into .venv (with the dev extra), then run the test suite
 #
-# Other targets: make install, make lint, make dryrun, make clean.
+# Other targets: make install, make lint, make dryrun, make bench (benchmarks), make clean.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 CORES  ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test lint dryrun clean
+.PHONY: install demo test lint dryrun clean bench-env bench
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,17 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests
 	$(BIN)/snakemake --lint
+
+# The peers the benchmarks compare against (not dependencies of specbridge): spectres (with
+# spectres_numba) and desispec's resample_flux (desispec without its heavy dependencies).
+bench-env: install
+	$(BIN)/python -m pip install --quiet spectres==2.2.2 desiutil==4.0.1
+	$(BIN)/python -m pip install --quiet --no-deps desispec==0.70.0
+
+bench: bench-env
+	$(BIN)/python benchmarks/preprocess_kernels.py
+	$(BIN)/python benchmarks/manifest_scan.py
+	$(BIN)/python benchmarks/emulator_report.py
 
 dryrun: install
 	$(BIN)/snakemake -n
