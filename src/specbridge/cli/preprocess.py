@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import resource
 import time
@@ -202,8 +201,8 @@ def _set_threads(comm) -> int:
 def warm_kernels(comm) -> None:
     """Compile the kernels on rank 0 first (filling Numba's on-disk cache), then on the other
     ranks, so ranks never race writing the same cache files."""
-    from specbridge.kernels.pipeline import PreprocessSettings, preprocess_batch
     from specbridge.kernels.grid import LogGrid
+    from specbridge.kernels.pipeline import PreprocessSettings, preprocess_batch
 
     def compile_once():
         w = np.linspace(3900, 5700, 300)

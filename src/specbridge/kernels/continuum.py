@@ -3,13 +3,15 @@
 Per spectrum (in the spirit of the SpecCLIP group's LAMOST normalisation, ANCHORS.md):
 1. a running median of the usable pixels (window ``median_window``) suppresses noise spikes;
 2. a polynomial of degree ``degree`` in x = 2 (i / (n - 1)) - 1 is fitted to it by least
-   squares, ``iterations`` times, on blocks of ``stride`` pixels (the mean of the smoothed
-   usable pixels of each block, weighted by their number: the continuum is smooth on that
-   scale, and the fit costs ``stride`` times less); after each fit the pixels more than ``lower`` sigma below it
-   (absorption) or ``upper`` sigma above it (spikes) are left out of the next fit (per block), sigma being
-   the rms of the kept residuals, so the fit rises to the upper envelope;
+   squares, up to ``iterations`` times, on blocks of ``stride`` pixels (the mean of the
+   smoothed usable pixels of each block, weighted by their number: the continuum is smooth on
+   that scale, and the fit costs ``stride`` times less). After each fit the blocks more than
+   ``lower`` sigma below it (absorption) or ``upper`` sigma above it (spikes) are left out of
+   the next fit, sigma being the rms of the kept residuals, so the fit rises to the upper
+   envelope; the loop ends early once the kept set no longer changes (further fits would be
+   identical);
 3. flux / continuum, ivar * continuum^2.
-Deterministic: no random numbers, a fixed number of iterations.
+Deterministic: no random numbers, a fixed rule for the iterations.
 """
 
 from __future__ import annotations
