@@ -24,16 +24,6 @@ def _not_implemented(stage: str, issue: str):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pretrain", help="pretrain a model on LAMOST (torch DDP)",
-                       description="Pretrain the spectrum MLP, the SpecFormer, or the MLP on "
-                                   "SpecFormer embeddings.")
-    add_config_argument(p)
-    p.add_argument("--model", required=True, choices=["mlp", "specformer", "emb_mlp"])
-    p.add_argument("--spectra", required=True, help="index HDF5 of preprocessed LAMOST spectra")
-    p.add_argument("--embeddings", help="index HDF5 of embeddings (model emb_mlp)")
-    p.add_argument("--output", required=True, help="checkpoint to write")
-    p.set_defaults(func=_not_implemented("pretrain", "pretraining"))
-
     p = sub.add_parser("embed", help="SpecFormer embeddings of preprocessed spectra",
                        description="Mean over output tokens of the SpecFormer, standardised.")
     add_config_argument(p)

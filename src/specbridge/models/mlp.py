@@ -40,6 +40,19 @@ class SpectrumMLP(nn.Module):
         return self.mean(h), self.log_var(h).clamp(-12.0, 8.0)
 
 
+def gaussian_nll_sum(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor,
+                     target_err: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Summed Gaussian negative log-likelihood over the finite targets, and their number
+    (see gaussian_nll)."""
+    ok = torch.isfinite(target)
+    var = log_var.exp()
+    if target_err is not None:
+        var = var + torch.nan_to_num(target_err, nan=0.0) ** 2
+    t = torch.where(ok, target, mean.detach())
+    nll = 0.5 * (torch.log(var) + (mean - t) ** 2 / var)
+    return (nll * ok).sum(), int(ok.sum())
+
+
 def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor,
                  target_err: torch.Tensor | None = None) -> torch.Tensor:
     """Mean Gaussian negative log-likelihood over finite targets.
@@ -48,10 +61,5 @@ def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor
     exp(log_var) plus the reference label's own variance ``target_err**2`` (NaN errors count as
     0); entries with a NaN target are ignored (a star may lack one label).
     """
-    ok = torch.isfinite(target)
-    var = log_var.exp()
-    if target_err is not None:
-        var = var + torch.nan_to_num(target_err, nan=0.0) ** 2
-    t = torch.where(ok, target, mean.detach())
-    nll = 0.5 * (torch.log(var) + (mean - t) ** 2 / var)
-    return (nll * ok).sum() / ok.sum().clamp(min=1)
+    total, n = gaussian_nll_sum(mean, log_var, target, target_err)
+    return total / max(n, 1)

@@ -1,0 +1,122 @@
+"""``specbridge pretrain``: pretrain on LAMOST with torch DDP (rank per process: srun,
+torchrun or mpiexec). The spectrum MLP is built; the SpecFormer and the embedding MLP follow."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from specbridge.atomic import atomic_output
+from specbridge.cli._common import add_config_argument, config_from_args
+
+log = logging.getLogger("specbridge.pretrain")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.model != "mlp":
+        print(f"specbridge pretrain: model {args.model} not implemented yet (pretraining); "
+              "no output was written", file=sys.stderr)
+        return 3
+    import torch
+
+    from specbridge.evaluation.metrics import robust_sigma
+    from specbridge.models import SpectrumMLP
+    from specbridge.models.mlp import gaussian_nll_sum
+    from specbridge.parallel.ddp import destroy_distributed, init_distributed
+    from specbridge.training.data import LabelledShards
+    from specbridge.training.loop import LoopSettings, train
+
+    cfg = config_from_args(args)
+    env, device = init_distributed()
+    tr = cfg["training"]
+    if args.epochs is not None:
+        tr["epochs"] = args.epochs
+    labels = cfg["labels"]
+    train_set = LabelledShards(args.spectra, labels, "train", tr["val_fraction"])
+    val_set = LabelledShards(args.spectra, labels, "val", tr["val_fraction"])
+    if train_set.n < tr["batch_size"] or val_set.n == 0:
+        raise SystemExit(f"specbridge pretrain: {train_set.n} training / {val_set.n} "
+                         "validation spectra with labels: too few")
+    mean, std = train_set.label_stats()
+    std = np.where(std > 0, std, 1.0)
+    npix = cfg["grid"]["npix"]
+    mc = cfg["models"]["mlp"]
+    torch.manual_seed(cfg["seed"])
+    model = SpectrumMLP(npix, mc["hidden"], len(labels), mc["dropout"]).to(device)
+    if env.is_main:
+        log.info("MLP: %d parameters; %d training, %d validation spectra; %d rank(s)",
+                 sum(p.numel() for p in model.parameters()), train_set.n, val_set.n,
+                 env.world_size)
+
+    def to_t(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    def loss_sum(net, batch):
+        mu, lv = net(to_t(batch.x))
+        return gaussian_nll_sum(mu.float(), lv.float(), to_t(batch.y), to_t(batch.y_err))
+
+    def train_batches(epoch):
+        return train_set.batches(epoch, tr["batch_size"], cfg["seed"], env.rank,
+                                 env.world_size, mean, std)
+
+    def predict(net, ds):
+        mus, lvs, ys = [], [], []
+        for b in ds.batches(0, 1024, cfg["seed"], mean=mean, std=std, shuffle=False,
+                            drop_last=False):
+            mu, lv = net(to_t(b.x))
+            mus.append(mu.float().cpu().numpy())
+            lvs.append(lv.float().cpu().numpy())
+            ys.append(np.stack([b.y, b.y_err], axis=0))
+        return np.concatenate(mus), np.concatenate(lvs), np.concatenate(ys, axis=1)
+
+    def validate(net):
+        mu, lv, ye = predict(net, val_set)
+        s, n = gaussian_nll_sum(torch.from_numpy(mu), torch.from_numpy(lv),
+                                torch.from_numpy(ye[0]), torch.from_numpy(ye[1]))
+        return float(s) / max(n, 1)
+
+    workdir = Path(args.workdir or Path(args.output).with_suffix("")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    extra = {"labels": labels, "label_mean": mean, "label_std": std, "model": "mlp",
+             "hidden": list(mc["hidden"]), "dropout": mc["dropout"], "npix": npix}
+    model, state = train(model, loss_sum, train_batches, validate,
+                         LoopSettings.from_config(tr, cfg["seed"]), workdir, env, device,
+                         extra, log)
+    if env.is_main:
+        model.eval()
+        import torch as _t
+        with _t.no_grad():
+            mu, lv, ye = predict(model, val_set)
+        sig = {lab: robust_sigma((mu[:, i] - ye[0][:, i]) * std[i]) for i, lab in
+               enumerate(labels)}
+        spread = {lab: float(np.nanstd(ye[0][:, i] * std[i])) for i, lab in enumerate(labels)}
+        for lab in labels:
+            log.info("validation robust sigma %-8s %.4g (label spread %.4g)", lab, sig[lab],
+                     spread[lab])
+        with atomic_output(args.output) as tmp:
+            _t.save({"model": model.state_dict(), "extra": extra, "history": state.history,
+                     "val_robust_sigma": sig, "val_label_spread": spread,
+                     "best_epoch": state.best_epoch}, tmp)
+        log.info("wrote %s (best epoch %d)", args.output, state.best_epoch)
+    destroy_distributed()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pretrain a model on LAMOST (torch DDP)",
+                       description="Pretrain the spectrum MLP (the SpecFormer and the MLP on "
+                                   "its embeddings follow) with the one training loop: DDP "
+                                   "over the ranks of srun/torchrun/mpiexec, checkpoints, "
+                                   "resume, early stopping.")
+    add_config_argument(p)
+    p.add_argument("--model", required=True, choices=["mlp", "specformer", "emb_mlp"])
+    p.add_argument("--spectra", required=True, help="index HDF5 of preprocessed LAMOST spectra")
+    p.add_argument("--embeddings", help="index HDF5 of embeddings (model emb_mlp)")
+    p.add_argument("--output", required=True, help="checkpoint to write")
+    p.add_argument("--workdir", help="checkpoints for resuming (default: beside --output)")
+    p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.set_defaults(func=run)

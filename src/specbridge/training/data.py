@@ -1,0 +1,105 @@
+"""Labelled spectra streamed from HDF5 shards in global batches.
+
+Every rank walks the same global sequence of batches (shard order and shuffling seeded by
+(seed, epoch)) and takes its own slice of each global batch, so W ranks with batches of B / W
+see exactly what one rank with batch B sees. At most ``buffer_shards`` shards are in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from specbridge import flags
+from specbridge.io.shards import LABEL_NAMES, read_index, read_shard
+from specbridge.splits import is_validation
+
+
+@dataclass
+class Batch:
+    """x: (b, npix) float32 network input (normalised flux - 1, 0 where ivar = 0);
+    y, y_err: (b, n_labels) standardised labels and errors (NaN: missing)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    y_err: np.ndarray
+
+
+def network_input(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
+    """(n, npix) float32: normalised flux minus 1, pixels without information set to 0."""
+    return np.where(ivar > 0, flux - 1.0, 0.0).astype(np.float32)
+
+
+class LabelledShards:
+    """The usable, labelled rows of a preprocessed survey, split by ID hash.
+
+    Rows kept: no fatal flag, no BAD_LABEL / AMBIGUOUS_MATCH, at least one of ``labels`` finite,
+    and in ``split`` ('train' or 'val', by ``is_validation(specid, val_fraction)``).
+    """
+
+    def __init__(self, index: str, labels: Sequence[str], split: str, val_fraction: float):
+        self.shards = read_index(index)
+        self.cols = [LABEL_NAMES.index(lab) for lab in labels]
+        bad = flags.FATAL_MASK | flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
+        self.rows: list[np.ndarray] = []
+        for s in self.shards:
+            d = read_shard(s["path"], ("specid", "flags", "labels"))
+            lab = d["labels"][:, self.cols]
+            val = is_validation(d["specid"], val_fraction)
+            keep = ((d["flags"] & bad) == 0) & np.isfinite(lab).any(axis=1)
+            keep &= val if split == "val" else ~val
+            self.rows.append(np.flatnonzero(keep))
+        self.n = int(sum(r.size for r in self.rows))
+
+    def label_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation (n_labels,) of the kept rows' labels (physical units)."""
+        vals = [read_shard(s["path"], ("labels",))["labels"][r][:, self.cols]
+                for s, r in zip(self.shards, self.rows, strict=True) if r.size]
+        allv = np.concatenate(vals).astype(np.float64)
+        return np.nanmean(allv, axis=0), np.nanstd(allv, axis=0)
+
+    def _load(self, k: int) -> dict[str, np.ndarray]:
+        d = read_shard(self.shards[k]["path"], ("flux", "ivar", "labels", "label_errors"),
+                       rows=self.rows[k] if self.rows[k].size else slice(0, 0))
+        return {"x": network_input(d["flux"], d["ivar"]), "y": d["labels"][:, self.cols],
+                "e": d["label_errors"][:, self.cols]}
+
+    def batches(self, epoch: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                mean: np.ndarray | None = None, std: np.ndarray | None = None,
+                shuffle: bool = True, buffer_shards: int = 4, drop_last: bool = True,
+                ) -> Iterator[Batch]:
+        """This rank's slices of the epoch's global batches (``batch_size`` = global size,
+        a multiple of ``world``)."""
+        if batch_size % world:
+            raise ValueError(f"global batch {batch_size} not divisible by {world} ranks")
+        local = batch_size // world
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(self.shards)) if shuffle else np.arange(len(self.shards))
+        mean = np.zeros(len(self.cols)) if mean is None else mean
+        std = np.ones(len(self.cols)) if std is None else std
+        pool: dict[str, list[np.ndarray]] = {"x": [], "y": [], "e": []}
+        pending = list(order)
+        while pending or pool["x"]:
+            while pending and len(pool["x"]) < buffer_shards:
+                d = self._load(int(pending.pop(0)))
+                for key in pool:
+                    pool[key].append(d[key])
+            cat = {key: np.concatenate(v) if v else np.zeros((0,)) for key, v in pool.items()}
+            n = cat["x"].shape[0]
+            perm = rng.permutation(n) if shuffle else np.arange(n)
+            nfull = n // batch_size
+            last = not pending
+            stop = n if (last and not drop_last) else nfull * batch_size
+            for b0 in range(0, stop, batch_size):
+                idx = perm[b0:b0 + batch_size]
+                mine = idx[rank * local:(rank + 1) * local] if idx.size == batch_size else \
+                    np.array_split(idx, world)[rank]
+                yield Batch(cat["x"][mine], ((cat["y"][mine] - mean) / std).astype(np.float32),
+                            (cat["e"][mine] / std).astype(np.float32))
+            rest = perm[stop:]
+            pool = {key: ([cat[key][rest]] if rest.size and not last else [])
+                    for key in pool}
+            if last:
+                break

@@ -1,0 +1,176 @@
+"""The one training loop: torch DDP (gloo on CPU, nccl + bf16 autocast on GPU), AdamW (or the
+configured optimizer) with a schedule, early stopping on the validation loss, and atomic best
+and last checkpoints holding model, optimizer, scheduler, epoch, RNG and history, from which a
+killed job resumes. Each epoch seeds torch's and Python's RNGs from (seed, epoch, rank), and
+the data order comes from a numpy Generator seeded from (seed, epoch), so a resumed run repeats
+the interrupted epoch exactly."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from specbridge.atomic import atomic_output
+from specbridge.parallel.ddp import DistEnv
+
+
+@dataclass
+class LoopSettings:
+    epochs: int
+    lr: float
+    weight_decay: float
+    optimizer: str = "adamw"
+    patience: int = 10
+    seed: int = 0
+    schedule: str = "constant"
+
+    @classmethod
+    def from_config(cls, training: dict[str, Any], seed: int) -> LoopSettings:
+        return cls(training["epochs"], training["lr"], training["weight_decay"],
+                   training["optimizer"], training["patience"], seed,
+                   training.get("schedule", "constant"))
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0                      # epochs completed
+    best_val: float = float("inf")
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_optimizer(params, s: LoopSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.SGD(params, lr=s.lr, weight_decay=s.weight_decay, momentum=0.9)
+
+
+def make_scheduler(opt, s: LoopSettings):
+    if s.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, s.epochs))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    s = (seed * 1_000_003 + epoch * 9_176 + rank) % (2 ** 31)
+    torch.manual_seed(s)
+    random.seed(s)
+
+
+def save_checkpoint(path: Path, model: nn.Module, opt, sched, state: LoopState,
+                    extra: dict[str, Any]) -> None:
+    """Atomically write everything needed to resume (rank 0 only)."""
+    blob = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "state": state.__dict__,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "extra": extra}
+    with atomic_output(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Tensor, int]],
+          train_batches: Callable[[int], Iterable[Any]],
+          validate: Callable[[nn.Module], float], settings: LoopSettings, workdir: str | Path,
+          env: DistEnv, device: torch.device, extra: dict[str, Any] | None = None,
+          log: logging.Logger | None = None) -> tuple[nn.Module, LoopState]:
+    """Train ``model`` (already on ``device``) until ``settings.epochs`` or early stopping.
+
+    ``loss_sum(model, batch)`` returns this rank's summed loss and its number of terms; the
+    loop divides by the global count so that W ranks reproduce one rank's gradient.
+    ``train_batches(epoch)`` yields this rank's batches; ``validate(model)`` returns the
+    validation loss (the same on every rank). Checkpoints: ``workdir/last.pt`` every epoch,
+    ``workdir/best.pt`` on improvement; an existing last.pt is resumed. Returns the model with
+    the best weights loaded, and the final state.
+    """
+    log = log or logging.getLogger("specbridge.training")
+    workdir = Path(workdir)
+    extra = extra or {}
+    raw = model
+    if env.is_distributed:
+        if device.type == "cuda":
+            raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+        else:
+            from specbridge.models.norm import convert_global_batchnorm
+            raw = convert_global_batchnorm(raw)
+    opt = make_optimizer(raw.parameters(), settings)
+    sched = make_scheduler(opt, settings)
+    state = LoopState()
+    last = workdir / "last.pt"
+    if last.exists():
+        blob = torch.load(last, map_location="cpu", weights_only=False)
+        raw.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["optimizer"])
+        sched.load_state_dict(blob["scheduler"])
+        state = LoopState(**blob["state"])
+        log.info("resumed from %s after epoch %d (best val %.5g at epoch %d)", last,
+                 state.epoch, state.best_val, state.best_epoch)
+    net = raw
+    if env.is_distributed:
+        net = nn.parallel.DistributedDataParallel(
+            raw, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    world = env.world_size
+    while state.epoch < settings.epochs and state.bad_epochs < settings.patience:
+        epoch = state.epoch
+        _seed_epoch(settings.seed, epoch, env.rank)
+        net.train()
+        t0 = time.monotonic()
+        tot, nsamp, nbatch = 0.0, 0, 0
+        for batch in train_batches(epoch):
+            with autocast:
+                s, cnt = loss_sum(net, batch)
+            count = torch.tensor([float(cnt)], device=device)
+            if env.is_distributed:
+                dist.all_reduce(count)
+            loss = s * world / count.clamp(min=1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) / world
+            nsamp += batch_size_of(batch)
+            nbatch += 1
+        sched.step()
+        dt = time.monotonic() - t0
+        net.eval()
+        with torch.no_grad():
+            val = float(validate(raw))
+        state.epoch = epoch + 1
+        improved = val < state.best_val
+        if improved:
+            state.best_val, state.best_epoch, state.bad_epochs = val, epoch, 0
+        else:
+            state.bad_epochs += 1
+        rec = {"epoch": epoch, "train_loss": tot / max(nbatch, 1), "val_loss": val,
+               "samples_per_s_per_rank": nsamp / max(dt, 1e-9),
+               "lr": float(opt.param_groups[0]["lr"])}
+        state.history.append(rec)
+        log.info("epoch %d: train %.5g, val %.5g%s, %.0f samples/s per rank, lr %.3g", epoch,
+                 rec["train_loss"], val, " (best)" if improved else "",
+                 rec["samples_per_s_per_rank"], rec["lr"])
+        if env.is_main:
+            if improved:
+                save_checkpoint(workdir / "best.pt", raw, opt, sched, state, extra)
+            save_checkpoint(last, raw, opt, sched, state, extra)
+        if env.is_distributed:
+            dist.barrier()
+    best = torch.load(workdir / "best.pt", map_location="cpu", weights_only=False)
+    raw.load_state_dict(best["model"])
+    return raw, state
+
+
+def batch_size_of(batch: Any) -> int:
+    x = getattr(batch, "x", batch)
+    return int(x.shape[0])
