@@ -47,9 +47,32 @@ wait_for() {  # wait_for SECONDS CMD...
     return 1
 }
 
+stop_stale() {
+    # daemons left by an interrupted earlier test run (its slurm.conf carries our marker) are
+    # stopped; daemons of a real cluster are never touched
+    if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+        if grep -q "written by specbridge tests/cluster/local_slurm.sh" /etc/slurm/slurm.conf \
+                2>/dev/null; then
+            echo "stopping SLURM daemons left by an interrupted test run" >&2
+            pkill -x slurmd || true
+            pkill -x slurmctld || true
+            for _ in $(seq 1 50); do
+                pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break
+                sleep 0.1
+            done
+            pkill -9 -x slurmd 2>/dev/null || true
+            pkill -9 -x slurmctld 2>/dev/null || true
+        else
+            echo "a SLURM cluster not started by this script is running here; not touching it" >&2
+            exit 1
+        fi
+    fi
+}
+
 start() {
     check
     install_pkgs
+    stop_stale
     mkdir -p "$state"/{spool/ctld,spool/d,log}
     local host cpus mem
     host=$(hostname -s)
