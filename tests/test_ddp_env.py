@@ -51,3 +51,12 @@ def test_mpiexec_environments_defer_address_to_mpi():
 def test_single_process():
     e = detect_dist_env({})
     assert (e.launcher, e.rank, e.world_size, e.is_distributed) == ("none", 0, 1, False)
+
+
+def test_local_world_size():
+    from specbridge.parallel.ddp import local_world_size
+
+    e = detect_dist_env({"PMI_RANK": "0", "PMI_SIZE": "8"})
+    assert local_world_size(e, {"MPI_LOCALNRANKS": "4"}) == 4
+    assert local_world_size(e, {"SLURM_STEP_TASKS_PER_NODE": "2(x4)"}) == 2
+    assert local_world_size(e, {}) == 8

@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     env, device = init_distributed()
+    if not env.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+        log.setLevel(logging.WARNING)
     tr = cfg["training"]
     if args.epochs is not None:
         tr["epochs"] = args.epochs

@@ -156,6 +156,18 @@ def _agree_over_mpi(env: DistEnv) -> DistEnv:
     return DistEnv(env.launcher, env.rank, env.world_size, env.local_rank, addr, port)
 
 
+def local_world_size(env: DistEnv, environ: dict[str, str] | None = None) -> int:
+    """Number of ranks of this job on this node (torchrun, MPICH/Intel MPI, Open MPI, SLURM),
+    else the world size."""
+    e = os.environ if environ is None else environ
+    for key in ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        if e.get(key):
+            return int(e[key])
+    if e.get("SLURM_STEP_TASKS_PER_NODE"):
+        return int(re.match(r"\d+", e["SLURM_STEP_TASKS_PER_NODE"]).group())
+    return env.world_size
+
+
 def default_backend() -> str:
     """``nccl`` when CUDA is available, else ``gloo``."""
     import torch
@@ -181,6 +193,10 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None,
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+        # share the node's cores between the ranks on it instead of oversubscribing them
+        cores = int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or max(
+            1, (os.cpu_count() or 1) // max(1, local_world_size(env)))
+        torch.set_num_threads(cores)
     if not env.is_distributed:
         return env, device
     if env.master_addr is None or env.master_port is None:
