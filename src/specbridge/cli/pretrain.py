@@ -17,6 +17,8 @@ log = logging.getLogger("specbridge.pretrain")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model == "specformer":
+        return run_specformer(args)
     if args.model != "mlp":
         print(f"specbridge pretrain: model {args.model} not implemented yet (pretraining); "
               "no output was written", file=sys.stderr)
@@ -109,10 +111,94 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_specformer(args: argparse.Namespace) -> int:
+    """Self-supervised masked-patch pretraining of the SpecFormer on all usable spectra."""
+    import torch
+
+    from specbridge.models import SpecFormer
+    from specbridge.models.specformer import chunk_mask
+    from specbridge.parallel.ddp import destroy_distributed, init_distributed
+    from specbridge.training.data import LabelledShards
+    from specbridge.training.loop import LoopSettings, train
+
+    cfg = config_from_args(args)
+    env, device = init_distributed()
+    if not env.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+        log.setLevel(logging.WARNING)
+    tr = cfg["training"]
+    if args.epochs is not None:
+        tr["epochs"] = args.epochs
+    sc = cfg["models"]["specformer"]
+    kw = {"labels": cfg["labels"], "val_fraction": tr["val_fraction"], "require_labels": False,
+          "with_ivar": True}
+    train_set = LabelledShards(args.spectra, split="train", **kw)
+    val_set = LabelledShards(args.spectra, split="val", **kw)
+    npix = cfg["grid"]["npix"]
+    torch.manual_seed(cfg["seed"])
+    model = SpecFormer(npix, sc["patch_size"], sc["patch_stride"], sc["d_model"],
+                       sc["n_layers"], sc["n_heads"]).to(device)
+    if env.is_main:
+        log.info("SpecFormer: %d parameters; %d training, %d validation spectra; %d rank(s)",
+                 sum(p.numel() for p in model.parameters()), train_set.n, val_set.n,
+                 env.world_size)
+
+    def masks(b, gen=None):
+        return chunk_mask(b, model.n_patches, sc["mask_fraction"], sc["mask_chunk"],
+                          gen).to(device)
+
+    def loss_sum(net, batch):
+        flux = torch.from_numpy(batch.flux).to(device)
+        ivar = torch.from_numpy(batch.ivar).to(device)
+        loss, _ = net(flux, ivar, masks(flux.shape[0]))
+        return loss * flux.shape[0], flux.shape[0]
+
+    def train_batches(epoch):
+        return train_set.batches(epoch, tr["batch_size"], cfg["seed"], env.rank,
+                                 env.world_size)
+
+    last_baseline = {}
+
+    def validate(net):
+        gen = torch.Generator().manual_seed(cfg["seed"])  # the same masks every epoch
+        tot = base = 0.0
+        n = 0
+        for b in val_set.batches(0, 256, cfg["seed"], shuffle=False, drop_last=False):
+            flux = torch.from_numpy(b.flux).to(device)
+            loss, bl = net(flux, torch.from_numpy(b.ivar).to(device), masks(len(flux), gen))
+            tot += float(loss) * len(flux)
+            base += float(bl) * len(flux)
+            n += len(flux)
+        last_baseline["value"] = base / max(n, 1)
+        return tot / max(n, 1)
+
+    workdir = Path(args.workdir or Path(args.output).with_suffix("")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    extra = {"model": "specformer", "npix": npix, **{k: sc[k] for k in sc}}
+    model, state = train(model, loss_sum, train_batches, validate,
+                         LoopSettings.from_config(tr, cfg["seed"]), workdir, env, device,
+                         extra, log)
+    if env.is_main:
+        model.eval()
+        with torch.no_grad():
+            val = validate(model)
+        ratio = val / max(last_baseline["value"], 1e-12)
+        log.info("validation masked-reconstruction loss %.4g; predicting each masked patch by "
+                 "its mean: %.4g (ratio %.3f)", val, last_baseline["value"], ratio)
+        with atomic_output(args.output) as tmp:
+            torch.save({"model": model.state_dict(), "extra": extra, "history": state.history,
+                        "val_loss": val, "val_patch_mean_loss": last_baseline["value"],
+                        "best_epoch": state.best_epoch}, tmp)
+        log.info("wrote %s (best epoch %d)", args.output, state.best_epoch)
+    destroy_distributed()
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain a model on LAMOST (torch DDP)",
-                       description="Pretrain the spectrum MLP (the SpecFormer and the MLP on "
-                                   "its embeddings follow) with the one training loop: DDP "
+                       description="Pretrain the spectrum MLP or the SpecFormer (masked-patch "
+                                   "reconstruction; the MLP on its embeddings follows) with the "
+                                   "one training loop: DDP "
                                    "over the ranks of srun/torchrun/mpiexec, checkpoints, "
                                    "resume, early stopping.")
     add_config_argument(p)

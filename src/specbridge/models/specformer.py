@@ -74,8 +74,14 @@ class SpecFormer(nn.Module):
         out, _ = self.encode(flux, ivar)
         return out.mean(dim=1)
 
+    def forward(self, flux: torch.Tensor, ivar: torch.Tensor, token_mask: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked reconstruction loss, loss of predicting each masked patch by its own mean)
+        - forward() so that DDP sees the training computation."""
+        return self.masked_loss(flux, ivar, token_mask, with_baseline=True)
+
     def masked_loss(self, flux: torch.Tensor, ivar: torch.Tensor, token_mask: torch.Tensor,
-                    ) -> torch.Tensor:
+                    with_baseline: bool = False):
         """ivar-weighted MSE of the reconstruction over the masked patches' usable pixels.
 
         Weights are ivar * sd^2 (the inverse variance of the standardised flux), normalised to
@@ -88,8 +94,15 @@ class SpecFormer(nn.Module):
         m = token_mask[..., None] & (w > 0)
         w = torch.where(m, w, torch.zeros_like(w))
         w = w / w[m].mean().clamp(min=1e-12) if m.any() else w
-        err = (pred - self.patches(x)) ** 2
-        return (err * w).sum() / m.sum().clamp(min=1)
+        target = self.patches(x)
+        n = m.sum().clamp(min=1)
+        loss = (((pred - target) ** 2) * w).sum() / n
+        if not with_baseline:
+            return loss
+        # the baseline: each masked patch predicted by its own (weighted) mean
+        pm = (target * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp(min=1e-12)
+        base = (((pm - target) ** 2) * w).sum() / n
+        return loss, base.detach()
 
 
 def chunk_mask(batch: int, n_tokens: int, fraction: float, chunk: int,

@@ -25,6 +25,8 @@ class Batch:
     x: np.ndarray
     y: np.ndarray
     y_err: np.ndarray
+    flux: np.ndarray | None = None
+    ivar: np.ndarray | None = None
 
 
 def network_input(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
@@ -39,16 +41,22 @@ class LabelledShards:
     and in ``split`` ('train' or 'val', by ``is_validation(specid, val_fraction)``).
     """
 
-    def __init__(self, index: str, labels: Sequence[str], split: str, val_fraction: float):
+    def __init__(self, index: str, labels: Sequence[str], split: str, val_fraction: float,
+                 require_labels: bool = True, with_ivar: bool = False):
         self.shards = read_index(index)
         self.cols = [LABEL_NAMES.index(lab) for lab in labels]
-        bad = flags.FATAL_MASK | flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
+        self.with_ivar = with_ivar
+        bad = flags.FATAL_MASK
+        if require_labels:
+            bad |= flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
         self.rows: list[np.ndarray] = []
         for s in self.shards:
             d = read_shard(s["path"], ("specid", "flags", "labels"))
             lab = d["labels"][:, self.cols]
             val = is_validation(d["specid"], val_fraction)
-            keep = ((d["flags"] & bad) == 0) & np.isfinite(lab).any(axis=1)
+            keep = (d["flags"] & bad) == 0
+            if require_labels:
+                keep &= np.isfinite(lab).any(axis=1)
             keep &= val if split == "val" else ~val
             self.rows.append(np.flatnonzero(keep))
         self.n = int(sum(r.size for r in self.rows))
@@ -63,8 +71,12 @@ class LabelledShards:
     def _load(self, k: int) -> dict[str, np.ndarray]:
         d = read_shard(self.shards[k]["path"], ("flux", "ivar", "labels", "label_errors"),
                        rows=self.rows[k] if self.rows[k].size else slice(0, 0))
-        return {"x": network_input(d["flux"], d["ivar"]), "y": d["labels"][:, self.cols],
-                "e": d["label_errors"][:, self.cols]}
+        out = {"x": network_input(d["flux"], d["ivar"]), "y": d["labels"][:, self.cols],
+               "e": d["label_errors"][:, self.cols]}
+        if self.with_ivar:
+            out["flux"] = d["flux"].astype(np.float32)
+            out["ivar"] = d["ivar"].astype(np.float32)
+        return out
 
     def batches(self, epoch: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                 mean: np.ndarray | None = None, std: np.ndarray | None = None,
@@ -79,7 +91,8 @@ class LabelledShards:
         order = rng.permutation(len(self.shards)) if shuffle else np.arange(len(self.shards))
         mean = np.zeros(len(self.cols)) if mean is None else mean
         std = np.ones(len(self.cols)) if std is None else std
-        pool: dict[str, list[np.ndarray]] = {"x": [], "y": [], "e": []}
+        keys = ("x", "y", "e", "flux", "ivar") if self.with_ivar else ("x", "y", "e")
+        pool: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         pending = list(order)
         while pending or pool["x"]:
             while pending and len(pool["x"]) < buffer_shards:
@@ -97,7 +110,9 @@ class LabelledShards:
                 mine = idx[rank * local:(rank + 1) * local] if idx.size == batch_size else \
                     np.array_split(idx, world)[rank]
                 yield Batch(cat["x"][mine], ((cat["y"][mine] - mean) / std).astype(np.float32),
-                            (cat["e"][mine] / std).astype(np.float32))
+                            (cat["e"][mine] / std).astype(np.float32),
+                            cat["flux"][mine] if self.with_ivar else None,
+                            cat["ivar"][mine] if self.with_ivar else None)
             rest = perm[stop:]
             pool = {key: ([cat[key][rest]] if rest.size and not last else [])
                     for key in pool}
