@@ -123,3 +123,36 @@ def test_specformer_learns_masked_reconstruction(lamost_index, tmp_path, tool_en
     assert ck["val_loss"] < 0.7 * ck["val_patch_mean_loss"], (ck["val_loss"],
                                                               ck["val_patch_mean_loss"])
     assert ck["history"][-1]["val_loss"] < ck["history"][0]["val_loss"]
+
+
+@pytest.mark.mpi
+def test_embeddings_and_embedding_mlp(lamost_index, tmp_path, tool_env, mpiexec):
+    from specbridge.io.shards import index_attrs, read_index, read_shard
+
+    cfg = {"models": {"specformer": {"d_model": 32, "n_layers": 2, "n_heads": 4},
+                      "emb_mlp": {"hidden": [64, 32], "dropout": 0.0}},
+           "training": {"batch_size": 16, "epochs": 10, "lr": 2e-3, "val_fraction": 0.15}}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+
+    def run(*cmd):
+        r = subprocess.run([*cmd, "--config", str(p)], capture_output=True, text=True,
+                           env=tool_env, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    run("specbridge", "pretrain", "--model", "specformer", "--spectra", str(lamost_index),
+        "--output", str(tmp_path / "sf.pt"))
+    emb = tmp_path / "emb" / "index.h5"
+    run(mpiexec, "-n", "2", "specbridge", "embed", "--model", str(tmp_path / "sf.pt"),
+        "--spectra", str(lamost_index), "--output", str(emb))
+    assert index_attrs(emb)["dim"] == 32
+    spectra = read_index(lamost_index)
+    embs = read_index(emb)
+    assert [s["n"] for s in embs] == [s["n"] for s in spectra]  # every row, in order
+    e = np.concatenate([read_shard(s["path"], ("embedding",))["embedding"] for s in embs])
+    assert np.isfinite(e).all() and abs(e.mean()) < 0.3 and 0.5 < e.std() < 1.5
+    run("specbridge", "pretrain", "--model", "emb_mlp", "--spectra", str(lamost_index),
+        "--embeddings", str(emb), "--output", str(tmp_path / "emb_mlp.pt"))
+    ck = torch.load(tmp_path / "emb_mlp.pt", weights_only=False)
+    for lab in ("teff", "feh"):
+        assert ck["val_robust_sigma"][lab] < 0.8 * ck["val_label_spread"][lab], ck

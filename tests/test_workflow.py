@@ -52,12 +52,12 @@ def test_every_rule_has_log_benchmark_and_resources(repo):
 
 
 def test_unbuilt_stage_fails_clearly_and_writes_nothing(tmp_path, tool_env):
-    out = tmp_path / "embeddings.h5"
-    r = subprocess.run(["specbridge", "embed", "--config", "config.yaml", "--model", "m.pt",
-                        "--spectra", "index.h5", "--output", str(out)], capture_output=True,
-                       text=True, env=tool_env)
+    out = tmp_path / "finetuned.pt"
+    r = subprocess.run(["specbridge", "finetune", "--config", "config.yaml", "--model", "mlp",
+                        "--strategy", "lora", "--pretrained", "p.pt", "--spectra", "index.h5",
+                        "--output", str(out)], capture_output=True, text=True, env=tool_env)
     if "not implemented yet" not in r.stderr:
-        pytest.skip("embed is implemented")
+        pytest.skip("finetune is implemented")
     assert r.returncode == 3
     assert "not implemented yet" in r.stderr
     assert not out.exists()

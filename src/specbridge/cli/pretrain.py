@@ -19,10 +19,9 @@ log = logging.getLogger("specbridge.pretrain")
 def run(args: argparse.Namespace) -> int:
     if args.model == "specformer":
         return run_specformer(args)
-    if args.model != "mlp":
-        print(f"specbridge pretrain: model {args.model} not implemented yet (pretraining); "
-              "no output was written", file=sys.stderr)
-        return 3
+    if args.model == "emb_mlp" and not args.embeddings:
+        print("specbridge pretrain: --model emb_mlp needs --embeddings", file=sys.stderr)
+        return 2
     import torch
 
     from specbridge.evaluation.metrics import robust_sigma
@@ -41,21 +40,28 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         tr["epochs"] = args.epochs
     labels = cfg["labels"]
-    train_set = LabelledShards(args.spectra, labels, "train", tr["val_fraction"])
-    val_set = LabelledShards(args.spectra, labels, "val", tr["val_fraction"])
+    on_emb = args.model == "emb_mlp"
+    source = args.embeddings if on_emb else args.spectra
+    feature = "embedding" if on_emb else "flux"
+    train_set = LabelledShards(source, labels, "train", tr["val_fraction"], feature=feature)
+    val_set = LabelledShards(source, labels, "val", tr["val_fraction"], feature=feature)
     if train_set.n < tr["batch_size"] or val_set.n == 0:
         raise SystemExit(f"specbridge pretrain: {train_set.n} training / {val_set.n} "
                          "validation spectra with labels: too few")
     mean, std = train_set.label_stats()
     std = np.where(std > 0, std, 1.0)
-    npix = cfg["grid"]["npix"]
-    mc = cfg["models"]["mlp"]
+    if on_emb:
+        from specbridge.io.shards import index_attrs
+        npix = int(index_attrs(source)["dim"])
+    else:
+        npix = cfg["grid"]["npix"]
+    mc = cfg["models"]["emb_mlp" if on_emb else "mlp"]
     torch.manual_seed(cfg["seed"])
     model = SpectrumMLP(npix, mc["hidden"], len(labels), mc["dropout"]).to(device)
     if env.is_main:
-        log.info("MLP: %d parameters; %d training, %d validation spectra; %d rank(s)",
-                 sum(p.numel() for p in model.parameters()), train_set.n, val_set.n,
-                 env.world_size)
+        log.info("%s: %d parameters; %d training, %d validation spectra; %d rank(s)",
+                 args.model, sum(p.numel() for p in model.parameters()), train_set.n,
+                 val_set.n, env.world_size)
 
     def to_t(a):
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     workdir = Path(args.workdir or Path(args.output).with_suffix("")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    extra = {"labels": labels, "label_mean": mean, "label_std": std, "model": "mlp",
+    extra = {"labels": labels, "label_mean": mean, "label_std": std, "model": args.model,
              "hidden": list(mc["hidden"]), "dropout": mc["dropout"], "npix": npix}
     model, state = train(model, loss_sum, train_batches, validate,
                          LoopSettings.from_config(tr, cfg["seed"]), workdir, env, device,
@@ -182,6 +188,14 @@ def run_specformer(args: argparse.Namespace) -> int:
         model.eval()
         with torch.no_grad():
             val = validate(model)
+        embs = []
+        with torch.no_grad():
+            for b in train_set.batches(0, 256, cfg["seed"], shuffle=False, drop_last=False):
+                embs.append(model.embed(torch.from_numpy(b.flux).to(device),
+                                        torch.from_numpy(b.ivar).to(device)).cpu().numpy())
+        embs = np.concatenate(embs)
+        extra["embed_mean"] = embs.mean(0)
+        extra["embed_std"] = np.where(embs.std(0) > 0, embs.std(0), 1.0)
         ratio = val / max(last_baseline["value"], 1e-12)
         log.info("validation masked-reconstruction loss %.4g; predicting each masked patch by "
                  "its mean: %.4g (ratio %.3f)", val, last_baseline["value"], ratio)

@@ -24,14 +24,6 @@ def _not_implemented(stage: str, issue: str):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("embed", help="SpecFormer embeddings of preprocessed spectra",
-                       description="Mean over output tokens of the SpecFormer, standardised.")
-    add_config_argument(p)
-    p.add_argument("--model", required=True, help="SpecFormer checkpoint")
-    p.add_argument("--spectra", required=True, help="index HDF5 of preprocessed spectra")
-    p.add_argument("--output", required=True, help="index HDF5 of embeddings to write")
-    p.set_defaults(func=_not_implemented("embed", "pretraining"))
-
     p = sub.add_parser("finetune", help="transfer a pretrained model to DESI",
                        description="Zero-shot, residual-head adapter, LoRA or full fine-tuning.")
     add_config_argument(p)

@@ -55,13 +55,28 @@ def write_shard(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[str
         h.attrs["complete"] = True
 
 
+def write_embedding_shard(path: str | Path, arrays: dict[str, np.ndarray],
+                          attrs: dict[str, Any]) -> None:
+    """A shard of SpecFormer embeddings: ``embedding`` f4 (n, d) plus the row fields of the
+    spectra shard it was made from; written atomically, ``complete`` last."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as h:
+        h.create_dataset("embedding", data=arrays["embedding"].astype(np.float32, copy=False))
+        for name in ROW_FIELDS:
+            h.create_dataset(name, data=arrays[name])
+        for k, v in attrs.items():
+            h.attrs[k] = v
+        h.attrs["n"] = int(arrays["embedding"].shape[0])
+        h.attrs["complete"] = True
+
+
 def shard_is_complete(path: str | Path, n: int, settings_hash: str) -> bool:
     """True if ``path`` is a finished shard of ``n`` rows made with the same settings."""
     try:
         with h5py.File(path, "r") as h:
+            main = "flux" if "flux" in h else "embedding"
             return (bool(h.attrs.get("complete", False)) and int(h.attrs["n"]) == n
                     and h.attrs.get("settings_hash") == settings_hash
-                    and h["flux"].shape[0] == n)
+                    and h[main].shape[0] == n)
     except (OSError, KeyError):
         return False
 

@@ -42,10 +42,12 @@ class LabelledShards:
     """
 
     def __init__(self, index: str, labels: Sequence[str], split: str, val_fraction: float,
-                 require_labels: bool = True, with_ivar: bool = False):
+                 require_labels: bool = True, with_ivar: bool = False,
+                 feature: str = "flux"):
         self.shards = read_index(index)
         self.cols = [LABEL_NAMES.index(lab) for lab in labels]
         self.with_ivar = with_ivar
+        self.feature = feature  # "flux" (spectra shards) or "embedding" (embedding shards)
         bad = flags.FATAL_MASK
         if require_labels:
             bad |= flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
@@ -69,8 +71,14 @@ class LabelledShards:
         return np.nanmean(allv, axis=0), np.nanstd(allv, axis=0)
 
     def _load(self, k: int) -> dict[str, np.ndarray]:
+        rows = self.rows[k] if self.rows[k].size else slice(0, 0)
+        if self.feature == "embedding":
+            d = read_shard(self.shards[k]["path"], ("embedding", "labels", "label_errors"),
+                           rows=rows)
+            return {"x": d["embedding"].astype(np.float32), "y": d["labels"][:, self.cols],
+                    "e": d["label_errors"][:, self.cols]}
         d = read_shard(self.shards[k]["path"], ("flux", "ivar", "labels", "label_errors"),
-                       rows=self.rows[k] if self.rows[k].size else slice(0, 0))
+                       rows=rows)
         out = {"x": network_input(d["flux"], d["ivar"]), "y": d["labels"][:, self.cols],
                "e": d["label_errors"][:, self.cols]}
         if self.with_ivar:
