@@ -65,3 +65,46 @@ def test_srun_without_pmi_is_caught(slurm_cluster, repo, tmp_path, tool_env):
     assert r.returncode != 0
     log = (tmp_path / "results" / "logs" / "check_mpi.log").read_text()
     assert "world size 1, expected 2" in log
+
+
+def test_training_ddp_under_srun_matches_one_rank(slurm_cluster, small_mock, tmp_path,
+                                                  tool_env):
+    """The training loop's ranks started by srun (SLURM_PROCID / SLURM_STEP_NUM_TASKS, MPICH
+    via PMI2) reproduce a single-process run with the same global batch."""
+    import shutil
+
+    import torch
+    import yaml
+
+    from specbridge.io.labels import read_apogee_allstar
+    from specbridge.io.manifest import build_manifest, write_manifest
+
+    rows = build_manifest("lamost", small_mock["lamost"][:300],
+                          labels=read_apogee_allstar(small_mock["labels"]))
+    write_manifest(tmp_path / "m.fits", rows)
+    index = tmp_path / "pre" / "index.h5"
+    r = subprocess.run(["specbridge", "preprocess", "--manifest", str(tmp_path / "m.fits"),
+                        "--output", str(index)], capture_output=True, text=True,
+                       env=tool_env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "models": {"mlp": {"hidden": [64, 32], "dropout": 0.0}},
+        "training": {"batch_size": 32, "epochs": 2, "lr": 0.01, "optimizer": "sgd",
+                     "val_fraction": 0.15}}))
+    base = ["specbridge", "pretrain", "--config", str(cfg), "--model", "mlp", "--spectra",
+            str(index)]
+    one = subprocess.run([*base, "--output", str(tmp_path / "one.pt")], capture_output=True,
+                         text=True, env=tool_env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    srun = shutil.which("srun")
+    two = subprocess.run([srun, "--mpi=pmi2", "-n", "2", "-c", "1", "-p", "debug", *base,
+                          "--output", str(tmp_path / "two.pt")], capture_output=True,
+                         text=True, env=tool_env, timeout=600)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    assert "2 rank(s)" in two.stderr  # one DDP job of two ranks, not two lone processes
+    a = torch.load(tmp_path / "one.pt", weights_only=False)
+    b = torch.load(tmp_path / "two.pt", weights_only=False)
+    for k, v in a["model"].items():
+        if v.dtype.is_floating_point:
+            torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
