@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         write_index,
     )
     from specbridge.models import SpecFormer
-    from specbridge.parallel.mpi import comm_rank_size, get_comm
+    from specbridge.parallel.mpi import comm_rank_size, cores_per_rank, get_comm, ranks_on_node
     from specbridge.parallel.partition import weighted_partition
     from specbridge.progress import Progress
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     ex = ck["extra"]
     if ex.get("model") != "specformer" or "embed_mean" not in ex:
         raise CLIError(f"{args.model} is not a SpecFormer checkpoint with embedding statistics")
-    torch.set_num_threads(max(1, (torch.get_num_threads()) // max(1, size)))
+    torch.set_num_threads(cores_per_rank(ranks_on_node(comm)))
     model = SpecFormer(ex["npix"], ex["patch_size"], ex["patch_stride"], ex["d_model"],
                        ex["n_layers"], ex["n_heads"])
     model.load_state_dict(ck["model"])

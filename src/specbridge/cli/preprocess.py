@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import resource
 import time
 from collections import Counter
@@ -27,7 +26,14 @@ from specbridge.cli._common import CLIError, add_config_argument, config_from_ar
 from specbridge.config import ConfigError, config_hash
 from specbridge.io.fitsutil import FormatError
 from specbridge.io.shards import shard_is_complete, write_index, write_shard
-from specbridge.parallel.mpi import comm_rank_size, gather_error_counts, get_comm, rank0_logger
+from specbridge.parallel.mpi import (
+    comm_rank_size,
+    cores_per_rank,
+    gather_error_counts,
+    get_comm,
+    rank0_logger,
+    ranks_on_node,
+)
 from specbridge.parallel.partition import weighted_partition
 from specbridge.progress import Progress
 
@@ -181,19 +187,10 @@ def process_shard(cfg: dict[str, Any], m: dict[str, np.ndarray], a: int, b: int,
 
 
 def _set_threads(comm) -> int:
-    """Numba threads per rank: SLURM_CPUS_PER_TASK, else the node's cores / ranks on it."""
+    """Numba threads per rank (parallel.mpi.cores_per_rank)."""
     import numba
 
-    if os.environ.get("SLURM_CPUS_PER_TASK"):
-        n = int(os.environ["SLURM_CPUS_PER_TASK"])
-    else:
-        local = 1
-        if comm is not None:
-            from mpi4py import MPI
-
-            local = comm.Split_type(MPI.COMM_TYPE_SHARED).size
-        n = max(1, (os.cpu_count() or 1) // local)
-    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    n = min(cores_per_rank(ranks_on_node(comm)), numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
     return n
 

@@ -16,6 +16,27 @@ from specbridge.cli._common import add_config_argument, config_from_args
 log = logging.getLogger("specbridge.pretrain")
 
 
+def _setup(args: argparse.Namespace):
+    """Config (with --epochs applied), the process group and device; quiet non-main ranks."""
+    from specbridge.parallel.ddp import init_distributed
+
+    cfg = config_from_args(args)
+    if args.epochs is not None:
+        cfg["training"]["epochs"] = args.epochs
+    env, device = init_distributed()
+    if not env.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+        log.setLevel(logging.WARNING)
+    return cfg, env, device
+
+
+def _workdir(args: argparse.Namespace) -> Path:
+    """Where the resumable checkpoints go (default: beside --output)."""
+    workdir = Path(args.workdir or Path(args.output).with_suffix("")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
 def run(args: argparse.Namespace) -> int:
     if args.model == "specformer":
         return run_specformer(args)
@@ -27,18 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from specbridge.evaluation.metrics import robust_sigma
     from specbridge.models import SpectrumMLP
     from specbridge.models.mlp import gaussian_nll_sum
-    from specbridge.parallel.ddp import destroy_distributed, init_distributed
+    from specbridge.parallel.ddp import destroy_distributed
     from specbridge.training.data import LabelledShards
     from specbridge.training.loop import LoopSettings, train
 
-    cfg = config_from_args(args)
-    env, device = init_distributed()
-    if not env.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-        log.setLevel(logging.WARNING)
+    cfg, env, device = _setup(args)
     tr = cfg["training"]
-    if args.epochs is not None:
-        tr["epochs"] = args.epochs
     labels = cfg["labels"]
     on_emb = args.model == "emb_mlp"
     source = args.embeddings if on_emb else args.spectra
@@ -90,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
                                 torch.from_numpy(ye[0]), torch.from_numpy(ye[1]))
         return float(s) / max(n, 1)
 
-    workdir = Path(args.workdir or Path(args.output).with_suffix("")).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = _workdir(args)
     extra = {"labels": labels, "label_mean": mean, "label_std": std, "model": args.model,
              "hidden": list(mc["hidden"]), "dropout": mc["dropout"], "npix": npix}
     model, state = train(model, loss_sum, train_batches, validate,
@@ -99,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
                          extra, log)
     if env.is_main:
         model.eval()
-        import torch as _t
-        with _t.no_grad():
+        with torch.no_grad():
             mu, lv, ye = predict(model, val_set)
         sig = {lab: robust_sigma((mu[:, i] - ye[0][:, i]) * std[i]) for i, lab in
                enumerate(labels)}
@@ -109,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             log.info("validation robust sigma %-8s %.4g (label spread %.4g)", lab, sig[lab],
                      spread[lab])
         with atomic_output(args.output) as tmp:
-            _t.save({"model": model.state_dict(), "extra": extra, "history": state.history,
+            torch.save({"model": model.state_dict(), "extra": extra, "history": state.history,
                      "val_robust_sigma": sig, "val_label_spread": spread,
                      "best_epoch": state.best_epoch}, tmp)
         log.info("wrote %s (best epoch %d)", args.output, state.best_epoch)
@@ -123,18 +136,12 @@ def run_specformer(args: argparse.Namespace) -> int:
 
     from specbridge.models import SpecFormer
     from specbridge.models.specformer import chunk_mask
-    from specbridge.parallel.ddp import destroy_distributed, init_distributed
+    from specbridge.parallel.ddp import destroy_distributed
     from specbridge.training.data import LabelledShards
     from specbridge.training.loop import LoopSettings, train
 
-    cfg = config_from_args(args)
-    env, device = init_distributed()
-    if not env.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-        log.setLevel(logging.WARNING)
+    cfg, env, device = _setup(args)
     tr = cfg["training"]
-    if args.epochs is not None:
-        tr["epochs"] = args.epochs
     sc = cfg["models"]["specformer"]
     kw = {"labels": cfg["labels"], "val_fraction": tr["val_fraction"], "require_labels": False,
           "with_ivar": True}
@@ -178,8 +185,7 @@ def run_specformer(args: argparse.Namespace) -> int:
         last_baseline["value"] = base / max(n, 1)
         return tot / max(n, 1)
 
-    workdir = Path(args.workdir or Path(args.output).with_suffix("")).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = _workdir(args)
     extra = {"model": "specformer", "npix": npix, **{k: sc[k] for k in sc}}
     model, state = train(model, loss_sum, train_batches, validate,
                          LoopSettings.from_config(tr, cfg["seed"]), workdir, env, device,

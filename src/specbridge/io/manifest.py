@@ -24,6 +24,7 @@ from specbridge.io import desi, lamost
 from specbridge.io.crossmatch import crossmatch
 from specbridge.io.fitsutil import FormatError, opened
 from specbridge.io.labels import LabelTable
+from specbridge.kernels.grid import LogGrid
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,16 @@ class GridRange:
     wmax: float
 
     @classmethod
+    def of(cls, grid: LogGrid) -> GridRange:
+        wave = grid.wave
+        return cls(float(wave[0]), float(wave[-1]))
+
+    @classmethod
     def from_config(cls, grid: dict[str, Any]) -> GridRange:
-        start, step, npix = grid["log10_lambda_start"], grid["log10_lambda_step"], grid["npix"]
-        return cls(10.0 ** start, 10.0 ** (start + step * (npix - 1)))
+        return cls.of(LogGrid.from_config(grid))
 
 
-DEFAULT_RANGE = GridRange(10.0 ** 3.602, 10.0 ** (3.602 + 1e-4 * 1461))
+DEFAULT_RANGE = GridRange.of(LogGrid())
 
 
 def empty_rows(n: int) -> np.ndarray:

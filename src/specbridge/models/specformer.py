@@ -56,22 +56,24 @@ class SpecFormer(nn.Module):
         return x.unfold(1, self.size, self.stride)
 
     def encode(self, flux: torch.Tensor, ivar: torch.Tensor,
-               token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Output tokens (batch, n_patches, d_model) and the standardised input (batch, npix).
+               token_mask: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Output tokens (batch, n_patches, d_model), the standardised input (batch, npix) and
+        each spectrum's std (batch, 1).
 
         ``token_mask`` (batch, n_patches) bool: patches replaced by the mask token.
         """
-        x, stats, _ = self.standardise(flux, ivar)
+        x, stats, sd = self.standardise(flux, ivar)
         tok = self.patch_embed(self.patches(x))
         if token_mask is not None:
             tok = torch.where(token_mask[..., None], self.mask_token.expand_as(tok), tok)
         tok = torch.cat([self.stats_embed(stats)[:, None, :], tok], dim=1) + self.pos
         out = self.norm(self.encoder(tok))
-        return out[:, 1:], x
+        return out[:, 1:], x, sd
 
     def embed(self, flux: torch.Tensor, ivar: torch.Tensor) -> torch.Tensor:
         """(batch, d_model) mean over output patch tokens (not standardised here)."""
-        out, _ = self.encode(flux, ivar)
+        out, _, _ = self.encode(flux, ivar)
         return out.mean(dim=1)
 
     def forward(self, flux: torch.Tensor, ivar: torch.Tensor, token_mask: torch.Tensor,
@@ -87,9 +89,8 @@ class SpecFormer(nn.Module):
         Weights are ivar * sd^2 (the inverse variance of the standardised flux), normalised to
         mean 1 over the counted pixels, so the loss is comparable between spectra.
         """
-        out, x = self.encode(flux, ivar, token_mask)
+        out, x, sd = self.encode(flux, ivar, token_mask)
         pred = self.reconstruct(out)                       # (batch, n_patches, size)
-        _, _, sd = self.standardise(flux, ivar)
         w = self.patches(ivar * sd ** 2)                   # inverse variance, standardised
         m = token_mask[..., None] & (w > 0)
         w = torch.where(m, w, torch.zeros_like(w))

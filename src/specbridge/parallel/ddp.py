@@ -194,9 +194,9 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None,
     else:
         device = torch.device("cpu")
         # share the node's cores between the ranks on it instead of oversubscribing them
-        cores = int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or max(
-            1, (os.cpu_count() or 1) // max(1, local_world_size(env)))
-        torch.set_num_threads(cores)
+        from specbridge.parallel.mpi import cores_per_rank
+
+        torch.set_num_threads(cores_per_rank(local_world_size(env)))
     if not env.is_distributed:
         return env, device
     if env.master_addr is None or env.master_port is None:

@@ -39,6 +39,23 @@ def comm_rank_size(comm: Any | None) -> tuple[int, int]:
     return comm.rank, comm.size
 
 
+def ranks_on_node(comm: Any | None) -> int:
+    """Number of ranks of ``comm`` on this node (1 without MPI)."""
+    if comm is None:
+        return 1
+    from mpi4py import MPI
+
+    return comm.Split_type(MPI.COMM_TYPE_SHARED).size
+
+
+def cores_per_rank(local_ranks: int) -> int:
+    """CPU cores a rank may use: SLURM_CPUS_PER_TASK under SLURM, else the node's cores shared
+    evenly among its ``local_ranks`` ranks (at least 1)."""
+    if os.environ.get("SLURM_CPUS_PER_TASK"):
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return max(1, (os.cpu_count() or 1) // max(1, local_ranks))
+
+
 def rank0_logger(name: str, comm: Any | None = None, level: int = logging.INFO) -> logging.Logger:
     """A logger that emits on rank 0 at ``level`` and on other ranks only warnings and above.
 

@@ -52,6 +52,7 @@ class LabelledShards:
         if require_labels:
             bad |= flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
         self.rows: list[np.ndarray] = []
+        kept_labels: list[np.ndarray] = []
         for s in self.shards:
             d = read_shard(s["path"], ("specid", "flags", "labels"))
             lab = d["labels"][:, self.cols]
@@ -61,14 +62,14 @@ class LabelledShards:
                 keep &= np.isfinite(lab).any(axis=1)
             keep &= val if split == "val" else ~val
             self.rows.append(np.flatnonzero(keep))
+            kept_labels.append(lab[keep])
         self.n = int(sum(r.size for r in self.rows))
+        self._labels = np.concatenate(kept_labels).astype(np.float64) if kept_labels else \
+            np.zeros((0, len(self.cols)))
 
     def label_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation (n_labels,) of the kept rows' labels (physical units)."""
-        vals = [read_shard(s["path"], ("labels",))["labels"][r][:, self.cols]
-                for s, r in zip(self.shards, self.rows, strict=True) if r.size]
-        allv = np.concatenate(vals).astype(np.float64)
-        return np.nanmean(allv, axis=0), np.nanstd(allv, axis=0)
+        return np.nanmean(self._labels, axis=0), np.nanstd(self._labels, axis=0)
 
     def _load(self, k: int) -> dict[str, np.ndarray]:
         rows = self.rows[k] if self.rows[k].size else slice(0, 0)
