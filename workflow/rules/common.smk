@@ -117,6 +117,14 @@ def finetune_inputs(wildcards):
     return inputs
 
 
+def finetune_source_args(wildcards, input):
+    """--spectra, and --embeddings for the embedding MLP."""
+    args = f"--spectra {input.spectra}"
+    if wildcards.model == "emb_mlp":
+        args += f" --embeddings {input.embeddings}"
+    return args
+
+
 def candidate_inputs(wildcards=None):
     """Every fine-tuned candidate's checkpoint, plus what the embedding candidates read."""
     inputs = {"checkpoints": [finetuned(c) for c in CANDIDATES], "spectra": preprocessed("desi")}

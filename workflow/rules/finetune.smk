@@ -9,7 +9,8 @@ rule finetune:
         out("models", "{model}", "finetuned_{strategy}.pt"),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("labels", "models", "finetune", "seed"),
+        settings=section_digest("labels", "models", "finetune", "training", "seed"),
+        sources=finetune_source_args,
     log:
         log_path("finetune_{model}_{strategy}"),
     benchmark:
@@ -27,5 +28,5 @@ rule finetune:
     shell:
         "{resources.mpi} -n {resources.tasks} specbridge finetune --config {params.config} "
         "--model {wildcards.model} --strategy {wildcards.strategy} "
-        "--pretrained {input.pretrained} --spectra {input.spectra} --output {output} "
+        "--pretrained {input.pretrained} {params.sources} --output {output} "
         "> {log} 2>&1"

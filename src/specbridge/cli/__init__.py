@@ -8,13 +8,22 @@ import sys
 from collections.abc import Sequence
 
 from specbridge import __version__
-from specbridge.cli import checks, embed, manifest, mock, preprocess, pretrain, stages
+from specbridge.cli import (
+    checks,
+    embed,
+    finetune,
+    manifest,
+    mock,
+    preprocess,
+    pretrain,
+    stages,
+)
 from specbridge.cli._common import CLIError
 from specbridge.config import ConfigError
 from specbridge.io.fitsutil import FormatError
 
 # Each module contributes subcommands through register(subparsers).
-_COMMAND_MODULES = (mock, manifest, preprocess, pretrain, embed, stages, checks)
+_COMMAND_MODULES = (mock, manifest, preprocess, pretrain, embed, finetune, stages, checks)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,10 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     from specbridge.evaluation.metrics import robust_sigma
     from specbridge.models import SpectrumMLP
-    from specbridge.models.mlp import gaussian_nll_sum
     from specbridge.parallel.ddp import destroy_distributed
     from specbridge.training.data import LabelledShards
     from specbridge.training.loop import LoopSettings, train
+    from specbridge.training.supervised import mean_nll, nll_loss_sum, predict_split
 
     cfg, env, device = _setup(args)
     tr = cfg["training"]
@@ -78,32 +78,14 @@ def run(args: argparse.Namespace) -> int:
                  args.model, sum(p.numel() for p in model.parameters()), train_set.n,
                  val_set.n, env.world_size)
 
-    def to_t(a):
-        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
-
-    def loss_sum(net, batch):
-        mu, lv = net(to_t(batch.x))
-        return gaussian_nll_sum(mu.float(), lv.float(), to_t(batch.y), to_t(batch.y_err))
+    loss_sum = nll_loss_sum(device)
 
     def train_batches(epoch):
         return train_set.batches(epoch, tr["batch_size"], cfg["seed"], env.rank,
                                  env.world_size, mean, std)
 
-    def predict(net, ds):
-        mus, lvs, ys = [], [], []
-        for b in ds.batches(0, 1024, cfg["seed"], mean=mean, std=std, shuffle=False,
-                            drop_last=False):
-            mu, lv = net(to_t(b.x))
-            mus.append(mu.float().cpu().numpy())
-            lvs.append(lv.float().cpu().numpy())
-            ys.append(np.stack([b.y, b.y_err], axis=0))
-        return np.concatenate(mus), np.concatenate(lvs), np.concatenate(ys, axis=1)
-
     def validate(net):
-        mu, lv, ye = predict(net, val_set)
-        s, n = gaussian_nll_sum(torch.from_numpy(mu), torch.from_numpy(lv),
-                                torch.from_numpy(ye[0]), torch.from_numpy(ye[1]))
-        return float(s) / max(n, 1)
+        return mean_nll(*predict_split(net, val_set, mean, std, device, cfg["seed"]))
 
     workdir = _workdir(args)
     extra = {"labels": labels, "label_mean": mean, "label_std": std, "model": args.model,
@@ -114,10 +96,10 @@ def run(args: argparse.Namespace) -> int:
     if env.is_main:
         model.eval()
         with torch.no_grad():
-            mu, lv, ye = predict(model, val_set)
-        sig = {lab: robust_sigma((mu[:, i] - ye[0][:, i]) * std[i]) for i, lab in
+            mu, _, y, _ = predict_split(model, val_set, mean, std, device, cfg["seed"])
+        sig = {lab: robust_sigma((mu[:, i] - y[:, i]) * std[i]) for i, lab in
                enumerate(labels)}
-        spread = {lab: float(np.nanstd(ye[0][:, i] * std[i])) for i, lab in enumerate(labels)}
+        spread = {lab: float(np.nanstd(y[:, i] * std[i])) for i, lab in enumerate(labels)}
         for lab in labels:
             log.info("validation robust sigma %-8s %.4g (label spread %.4g)", lab, sig[lab],
                      spread[lab])

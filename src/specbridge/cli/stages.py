@@ -24,16 +24,6 @@ def _not_implemented(stage: str, issue: str):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="transfer a pretrained model to DESI",
-                       description="Zero-shot, residual-head adapter, LoRA or full fine-tuning.")
-    add_config_argument(p)
-    p.add_argument("--model", required=True, choices=["mlp", "emb_mlp"])
-    p.add_argument("--strategy", required=True, choices=["zeroshot", "adapter", "lora", "full"])
-    p.add_argument("--pretrained", required=True, help="pretrained checkpoint")
-    p.add_argument("--spectra", required=True, help="index HDF5 of preprocessed DESI spectra")
-    p.add_argument("--output", required=True, help="fine-tuned checkpoint to write")
-    p.set_defaults(func=_not_implemented("finetune", "transfer to DESI"))
-
     p = sub.add_parser("evaluate", help="metrics per candidate and regime; selection table",
                        description="Robust sigma, bias, outliers and calibration on the DESI "
                                    "validation and test splits; the per-regime selection.")

@@ -14,7 +14,7 @@ import numpy as np
 
 from specbridge import flags
 from specbridge.io.shards import LABEL_NAMES, read_index, read_shard
-from specbridge.splits import is_validation
+from specbridge.splits import SPLIT_CODES, assign_split, split_fraction
 
 
 @dataclass
@@ -38,12 +38,17 @@ class LabelledShards:
     """The usable, labelled rows of a preprocessed survey, split by ID hash.
 
     Rows kept: no fatal flag, no BAD_LABEL / AMBIGUOUS_MATCH, at least one of ``labels`` finite,
-    and in ``split`` ('train' or 'val', by ``is_validation(specid, val_fraction)``).
+    and in ``split`` ('train', 'val' or 'test', by ``assign_split(specid, val_fraction,
+    test_fraction)``). ``max_rows`` keeps at most that many rows, chosen by a second ID hash
+    (a fine-tuning set of a given size; a smaller size is a subset of a larger one).
     """
 
     def __init__(self, index: str, labels: Sequence[str], split: str, val_fraction: float,
                  require_labels: bool = True, with_ivar: bool = False,
-                 feature: str = "flux"):
+                 feature: str = "flux", test_fraction: float = 0.0,
+                 max_rows: int | None = None):
+        if split not in SPLIT_CODES:
+            raise ValueError(f"split {split!r} is not one of {sorted(SPLIT_CODES)}")
         self.shards = read_index(index)
         self.cols = [LABEL_NAMES.index(lab) for lab in labels]
         self.with_ivar = with_ivar
@@ -53,16 +58,26 @@ class LabelledShards:
             bad |= flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
         self.rows: list[np.ndarray] = []
         kept_labels: list[np.ndarray] = []
+        kept_ids: list[np.ndarray] = []
         for s in self.shards:
             d = read_shard(s["path"], ("specid", "flags", "labels"))
             lab = d["labels"][:, self.cols]
-            val = is_validation(d["specid"], val_fraction)
             keep = (d["flags"] & bad) == 0
             if require_labels:
                 keep &= np.isfinite(lab).any(axis=1)
-            keep &= val if split == "val" else ~val
+            keep &= assign_split(d["specid"], val_fraction, test_fraction) == SPLIT_CODES[split]
             self.rows.append(np.flatnonzero(keep))
             kept_labels.append(lab[keep])
+            kept_ids.append(d["specid"][keep])
+        if max_rows is not None and sum(r.size for r in self.rows) > max_rows:
+            key = np.concatenate([split_fraction(i, salt=1) for i in kept_ids])
+            cut = np.sort(key)[max_rows - 1]
+            for k, ids in enumerate(kept_ids):
+                sel = split_fraction(ids, salt=1) <= cut
+                self.rows[k] = self.rows[k][sel]
+                kept_labels[k] = kept_labels[k][sel]
+                kept_ids[k] = ids[sel]
+        self.specid = np.concatenate(kept_ids) if kept_ids else np.zeros(0, np.int64)
         self.n = int(sum(r.size for r in self.rows))
         self._labels = np.concatenate(kept_labels).astype(np.float64) if kept_labels else \
             np.zeros((0, len(self.cols)))

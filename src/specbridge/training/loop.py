@@ -104,7 +104,7 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
         else:
             from specbridge.models.norm import convert_global_batchnorm
             raw = convert_global_batchnorm(raw)
-    opt = make_optimizer(raw.parameters(), settings)
+    opt = make_optimizer([p for p in raw.parameters() if p.requires_grad], settings)
     sched = make_scheduler(opt, settings)
     state = LoopState()
     last = workdir / "last.pt"

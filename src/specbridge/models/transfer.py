@@ -1,0 +1,152 @@
+"""Transfer of a pretrained SpectrumMLP to DESI: zero-shot, residual-head adapter, LoRA (peft)
+and full fine-tuning, and the servable form of each candidate (what inference loads).
+
+A candidate checkpoint holds the architecture, the servable state dict (LoRA merged into the
+weights), the pretrained label scaling and the training history; ``load_candidate`` rebuilds
+the module from it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from specbridge.models.mlp import SpectrumMLP
+
+STRATEGIES = ("zeroshot", "adapter", "lora", "full")
+
+
+class ResidualAdapter(nn.Module):
+    """A frozen SpectrumMLP plus a small residual network on its last hidden layer.
+
+    The adapter (hidden[-1] -> ``width`` -> 2 n_labels, ReLU) adds corrections to the mean and
+    the log-variance. Its last layer starts at zero, so before training the adapted model is
+    exactly the pretrained one. (batch, n_in) -> ((batch, n_labels), (batch, n_labels)).
+    """
+
+    def __init__(self, base: SpectrumMLP, width: int = 64):
+        super().__init__()
+        self.base = base
+        n_feat = base.mean.in_features
+        self.correction = nn.Sequential(nn.Linear(n_feat, width), nn.ReLU(),
+                                        nn.Linear(width, 2 * base.n_labels))
+        nn.init.zeros_(self.correction[2].weight)
+        nn.init.zeros_(self.correction[2].bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.base.features(x)
+        d = self.correction(h)
+        n = self.base.n_labels
+        mean = self.base.mean(h) + d[:, :n]
+        log_var = (self.base.log_var(h) + d[:, n:]).clamp(-12.0, 8.0)
+        return mean, log_var
+
+
+class TransferModel(nn.Module):
+    """The model being fine-tuned; keeps the BatchNorm layers of a frozen backbone in eval mode
+    (running statistics from pretraining) even while the loop calls ``train()``."""
+
+    def __init__(self, net: nn.Module, strategy: str):
+        super().__init__()
+        self.net = net
+        self.strategy = strategy
+        self.freeze_batchnorm = strategy != "full"
+
+    def train(self, mode: bool = True) -> TransferModel:
+        super().train(mode)
+        if self.freeze_batchnorm:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(x)
+
+
+def lora_targets(base: SpectrumMLP, target_modules: Sequence[str],
+                 train_output_layer: bool) -> list[str]:
+    """Module names LoRA wraps. ``linear`` stands for every nn.Linear of the backbone, and of
+    the heads too when the output layer is not trained in full; other entries are names."""
+    names: list[str] = []
+    heads = {"mean", "log_var"}
+    for t in target_modules:
+        if t == "linear":
+            names += [n for n, m in base.named_modules() if isinstance(m, nn.Linear)
+                      and (n not in heads or not train_output_layer)]
+        else:
+            if not isinstance(dict(base.named_modules()).get(t), nn.Linear):
+                raise ValueError(f"LoRA target {t!r} is not a Linear layer of the model")
+            names.append(t)
+    return sorted(set(names))
+
+
+def build_transfer_model(base: SpectrumMLP, strategy: str, adapter_width: int = 64,
+                         lora: dict[str, Any] | None = None) -> TransferModel:
+    """Wrap a pretrained SpectrumMLP for ``strategy``; only what the strategy trains has
+    ``requires_grad``: nothing (zeroshot), the adapter (adapter), the LoRA matrices plus
+    optionally the output heads (lora), everything (full)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; one of {STRATEGIES}")
+    if strategy in ("zeroshot", "adapter"):
+        for p in base.parameters():
+            p.requires_grad_(False)
+    if strategy == "adapter":
+        return TransferModel(ResidualAdapter(base, adapter_width), strategy)
+    if strategy == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = lora or {}
+        train_out = lora.get("train_output_layer", True)
+        cfg = LoraConfig(r=lora.get("rank", 8), lora_alpha=lora.get("alpha", 16),
+                         lora_dropout=lora.get("dropout", 0.0), bias="none",
+                         target_modules=lora_targets(base, lora.get("target_modules",
+                                                                    ["linear"]), train_out),
+                         modules_to_save=["mean", "log_var"] if train_out else None)
+        return TransferModel(get_peft_model(base, cfg), strategy)
+    return TransferModel(base, strategy)
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    """Number of parameters with requires_grad."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def servable(model: TransferModel) -> nn.Module:
+    """The inference module: LoRA merged into the base weights, the adapter kept whole."""
+    net = model.net
+    if model.strategy == "lora":
+        net = net.merge_and_unload()
+    return net
+
+
+def architecture(base_extra: dict[str, Any], strategy: str, adapter_width: int) -> dict:
+    """What load_candidate needs to rebuild the servable module."""
+    return {"n_in": int(base_extra["npix"]), "hidden": list(base_extra["hidden"]),
+            "n_labels": len(base_extra["labels"]), "dropout": float(base_extra["dropout"]),
+            "adapter_width": adapter_width if strategy == "adapter" else None}
+
+
+def build_servable(arch: dict[str, Any]) -> nn.Module:
+    """An untrained module of the servable architecture ``arch``."""
+    base = SpectrumMLP(arch["n_in"], arch["hidden"], arch["n_labels"], arch["dropout"])
+    if arch.get("adapter_width"):
+        return ResidualAdapter(base, arch["adapter_width"])
+    return base
+
+
+def load_candidate(path: str | Path, device: str | torch.device = "cpu"
+                   ) -> tuple[nn.Module, dict[str, Any]]:
+    """(module in eval mode, checkpoint metadata) of a fine-tuned candidate checkpoint."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if "arch" not in blob or "state_dict" not in blob:
+        raise ValueError(f"{path}: not a fine-tuned candidate checkpoint")
+    net = build_servable(blob["arch"])
+    net.load_state_dict(blob["state_dict"])
+    net.to(device).eval()
+    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    return net, meta
