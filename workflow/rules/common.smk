@@ -133,6 +133,14 @@ def candidate_inputs(wildcards=None):
     return inputs
 
 
+def candidate_source_args(wildcards, input):
+    """--spectra, and --embeddings when embedding candidates are configured."""
+    args = f"--spectra {input.spectra}"
+    if "emb_mlp" in MODELS:
+        args += f" --embeddings {input.embeddings}"
+    return args
+
+
 def section_digest(*sections):
     """A short hash of the named config sections: a rule's params change only when they do."""
     blob = json.dumps({s: config[s] for s in sections}, sort_keys=True, default=str)

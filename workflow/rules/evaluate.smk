@@ -9,9 +9,12 @@ rule evaluate:
         metrics=out("evaluation", "metrics.ecsv"),
         metrics_md=out("evaluation", "metrics.md"),
         selection=out("evaluation", "selection.ecsv"),
+        summary=out("evaluation", "summary.ecsv"),
+        predictions=out("evaluation", "predictions.h5"),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("labels", "evaluation"),
+        settings=section_digest("labels", "evaluation", "inference"),
+        sources=candidate_source_args,
     log:
         log_path("evaluate"),
     benchmark:
@@ -26,5 +29,6 @@ rule evaluate:
         "../../envs/specbridge.yaml"
     shell:
         "specbridge evaluate --config {params.config} --checkpoints {input.checkpoints} "
-        "--spectra {input.spectra} --metrics {output.metrics} --metrics-md {output.metrics_md} "
-        "--selection {output.selection} > {log} 2>&1"
+        "{params.sources} --metrics {output.metrics} --metrics-md {output.metrics_md} "
+        "--selection {output.selection} --summary {output.summary} "
+        "--predictions {output.predictions} > {log} 2>&1"

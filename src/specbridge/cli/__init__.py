@@ -11,6 +11,7 @@ from specbridge import __version__
 from specbridge.cli import (
     checks,
     embed,
+    evaluate,
     finetune,
     manifest,
     mock,
@@ -23,7 +24,7 @@ from specbridge.config import ConfigError
 from specbridge.io.fitsutil import FormatError
 
 # Each module contributes subcommands through register(subparsers).
-_COMMAND_MODULES = (mock, manifest, preprocess, pretrain, embed, finetune, stages, checks)
+_COMMAND_MODULES = (mock, manifest, preprocess, pretrain, embed, finetune, evaluate, stages, checks)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,17 +24,6 @@ def _not_implemented(stage: str, issue: str):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="metrics per candidate and regime; selection table",
-                       description="Robust sigma, bias, outliers and calibration on the DESI "
-                                   "validation and test splits; the per-regime selection.")
-    add_config_argument(p)
-    p.add_argument("--checkpoints", nargs="+", required=True)
-    p.add_argument("--spectra", required=True)
-    p.add_argument("--metrics", required=True, help="metrics table (ECSV) to write")
-    p.add_argument("--metrics-md", required=True, help="metrics table (markdown) to write")
-    p.add_argument("--selection", required=True, help="selection table (ECSV) to write")
-    p.set_defaults(func=_not_implemented("evaluate", "transfer to DESI"))
-
     p = sub.add_parser("infer", help="sharded predictions of every candidate (MPI)",
                        description="Every candidate's predictions for all DESI spectra, with "
                                    "regime routing; restartable per shard.")

@@ -1,0 +1,200 @@
+"""Transfer to DESI: each strategy trains exactly what it should; evaluation, selection and
+routing on real fine-tuned candidates; selection is a pure function of validation metrics."""
+
+from __future__ import annotations
+
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from astropy.table import Table
+
+from specbridge.evaluation.selection import select, selection_mapping
+from specbridge.inference.routing import METAL_POOR, METAL_RICH, NO_REGIME, route
+from specbridge.io.labels import read_apogee_allstar
+from specbridge.io.manifest import build_manifest, read_manifest, write_manifest
+from specbridge.models.mlp import SpectrumMLP
+from specbridge.models.transfer import (
+    STRATEGIES,
+    build_transfer_model,
+    load_candidate,
+    trainable_parameters,
+)
+
+LORA = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["linear"],
+        "train_output_layer": True}
+
+
+def _run(args, env, timeout=600):
+    r = subprocess.run(["specbridge", *map(str, args)], capture_output=True, text=True,
+                       env=env, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def transfer_run(small_mock, tmp_path_factory, tool_env):
+    """Preprocessed mock LAMOST + DESI, a small pretrained MLP, and all four candidates."""
+    d = tmp_path_factory.mktemp("transfer")
+    labels = read_apogee_allstar(small_mock["labels"])
+    cfg = {"models": {"mlp": {"hidden": [64, 32], "dropout": 0.0}},
+           "training": {"batch_size": 32, "epochs": 8, "lr": 2e-3, "patience": 10,
+                        "val_fraction": 0.15},
+           "finetune": {"models": ["mlp"], "n_train": 1000, "lr": 1e-3, "epochs": 10,
+                        "val_fraction": 0.25, "test_fraction": 0.25,
+                        "adapter": {"hidden": 16}, "lora": {**LORA, "rank": 4}},
+           "inference": {"router": "mlp_zeroshot"}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    index = {}
+    for survey in ("lamost", "desi"):
+        kw = {"redshift_files": small_mock["redrock"]} if survey == "desi" else {}
+        write_manifest(d / f"{survey}.fits",
+                       build_manifest(survey, small_mock[survey], labels=labels, **kw))
+        index[survey] = d / "pre" / survey / "index.h5"
+        _run(["preprocess", "--config", d / "config.yaml", "--manifest", d / f"{survey}.fits",
+              "--output", index[survey], "--spectra-per-shard", "150"], tool_env)
+    _run(["pretrain", "--config", d / "config.yaml", "--model", "mlp", "--spectra",
+          index["lamost"], "--output", d / "pretrained.pt"], tool_env)
+    cands = {}
+    for s in STRATEGIES:
+        cands[s] = d / f"mlp_{s}.pt"
+        _run(["finetune", "--config", d / "config.yaml", "--model", "mlp", "--strategy", s,
+              "--pretrained", d / "pretrained.pt", "--spectra", index["desi"],
+              "--output", cands[s]], tool_env)
+    return {"dir": d, "config": d / "config.yaml", "index": index, "cands": cands,
+            "pretrained": torch.load(d / "pretrained.pt", weights_only=False)}
+
+
+def test_trainable_parameter_counts_production_size():
+    """The paper-size MLP (1462-1024-512-64, 4 labels): what each strategy trains."""
+    counts = {s: trainable_parameters(build_transfer_model(
+        SpectrumMLP(1462, (1024, 512, 64), 4), s, 64, LORA)) for s in STRATEGIES}
+    full = sum(p.numel() for p in SpectrumMLP(1462, (1024, 512, 64), 4).parameters())
+    heads = 2 * (64 * 4 + 4)
+    assert counts == {
+        "zeroshot": 0,
+        "adapter": 64 * (64 + 1) + (64 + 1) * 8,                       # 64 -> 64 -> 2 x 4
+        "lora": 8 * ((1462 + 1024) + (1024 + 512) + (512 + 64)) + heads,  # r (in + out)
+        "full": full,
+    }
+
+
+def test_adapter_starts_as_the_pretrained_model():
+    torch.manual_seed(1)
+    base = SpectrumMLP(50, (32, 16), 2).eval()
+    x = torch.randn(8, 50)
+    with torch.no_grad():
+        ref = base(x)
+        m = build_transfer_model(base, "adapter", 8).eval()
+        got = m(x)
+    assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
+
+
+def test_each_strategy_trains_only_its_parameters(transfer_run):
+    pre = transfer_run["pretrained"]["model"]
+    got = {s: load_candidate(p)[0].state_dict() for s, p in transfer_run["cands"].items()}
+    meta = {s: load_candidate(p)[1] for s, p in transfer_run["cands"].items()}
+    # zero-shot: every weight and buffer identical
+    assert all(torch.equal(got["zeroshot"][k], v) for k, v in pre.items())
+    assert meta["zeroshot"]["trainable_parameters"] == 0
+    # adapter: the whole pretrained model (BatchNorm running statistics too) bit-identical
+    assert all(torch.equal(got["adapter"][f"base.{k}"], v) for k, v in pre.items())
+    assert not torch.equal(got["adapter"]["correction.2.weight"],
+                           torch.zeros_like(got["adapter"]["correction.2.weight"]))
+    assert meta["adapter"]["trainable_parameters"] == 16 * 33 + 17 * 8
+    # LoRA: untargeted tensors identical; each targeted weight moved by a rank <= 4 update
+    lora = got["lora"]
+    for k, v in pre.items():
+        if k.startswith("backbone.") and k.endswith(".weight") and v.dim() == 2:
+            delta = (lora[k] - v).double()
+            assert 0 < torch.linalg.matrix_rank(delta, atol=1e-6).item() <= 4, k
+        elif k.startswith("backbone."):
+            assert torch.equal(lora[k], v), k
+        else:  # the output heads train in full
+            assert not torch.equal(lora[k], v), k
+    # full: every weight matrix moved
+    assert all(not torch.equal(got["full"][k], v) for k, v in pre.items()
+               if k.endswith("weight"))
+
+
+def test_finetuning_learns_on_desi(transfer_run):
+    meta = {s: load_candidate(p)[1] for s, p in transfer_run["cands"].items()}
+    for s in ("adapter", "lora", "full"):
+        assert meta[s]["val_loss"] < meta["zeroshot"]["val_loss"], (s, meta[s]["val_loss"])
+
+
+def test_evaluate_writes_metrics_selection_and_routed_figures(transfer_run, tool_env):
+    d = transfer_run["dir"]
+    ev = d / "evaluation"
+    ev.mkdir()
+    _run(["evaluate", "--config", transfer_run["config"], "--checkpoints",
+          *transfer_run["cands"].values(), "--spectra", transfer_run["index"]["desi"],
+          "--metrics", ev / "metrics.ecsv", "--metrics-md", ev / "metrics.md",
+          "--selection", ev / "selection.ecsv", "--summary", ev / "summary.ecsv",
+          "--predictions", ev / "predictions.h5"], tool_env)
+    metrics = Table.read(ev / "metrics.ecsv")
+    sel = Table.read(ev / "selection.ecsv")
+    names = [f"mlp_{s}" for s in STRATEGIES]
+    assert set(metrics["candidate"]) == {*names, "routed"}
+    assert len(sel) == 8 and set(sel["candidate"]) <= set(names)
+    # the selection the tool wrote is the pure function of its own validation metrics
+    again = select(metrics[metrics["candidate"] != "routed"], list(sel["label"][::2]), names)
+    assert list(again["candidate"]) == list(sel["candidate"])
+    with h5py.File(ev / "predictions.h5") as h:
+        n = h["specid"].shape[0]
+        split = h["split"][()]
+        assert set(np.unique(split)) == {1, 2}
+        served = h["routed/served"][()]
+        assert served.shape == (n, 4) and (served >= 0).all()
+    # every labelled non-training DESI spectrum is evaluated
+    rows = read_manifest(d / "desi.fits")
+    assert n > 50 and n <= len(rows)
+    text = (ev / "metrics.md").read_text()
+    assert "## Answers (test split)" in text and "routing_beats_every_single" in text
+
+
+def _metrics(sigmas: dict[tuple[str, str, str], float]) -> Table:
+    rows = [(c, "val", lab, rg, "all", s, 100) for (c, lab, rg), s in sigmas.items()]
+    return Table(rows=rows, names=("candidate", "split", "label", "regime", "snr_bin",
+                                   "robust_sigma", "n"))
+
+
+def test_selection_is_a_pure_function_of_validation_metrics():
+    cands = ["mlp_zeroshot", "emb_mlp_full"]
+    sig = {("mlp_zeroshot", "feh", "metal_poor"): 0.10, ("emb_mlp_full", "feh", "metal_poor"): 0.20,
+           ("mlp_zeroshot", "feh", "metal_rich"): 0.08, ("emb_mlp_full", "feh", "metal_rich"): 0.05,
+           ("mlp_zeroshot", "feh", "all"): 0.09, ("emb_mlp_full", "feh", "all"): 0.07}
+    first = selection_mapping(select(_metrics(sig), ["feh"], cands))
+    assert first == {("feh", "metal_poor"): "mlp_zeroshot", ("feh", "metal_rich"): "emb_mlp_full"}
+    assert selection_mapping(select(_metrics(sig), ["feh"], cands)) == first  # deterministic
+    sig[("emb_mlp_full", "feh", "metal_poor")] = 0.09
+    sig[("emb_mlp_full", "feh", "metal_rich")] = 0.09
+    assert selection_mapping(select(_metrics(sig), ["feh"], cands)) == {
+        ("feh", "metal_poor"): "emb_mlp_full", ("feh", "metal_rich"): "mlp_zeroshot"}
+    # a regime without validation stars falls back to the best over all stars
+    sig[("mlp_zeroshot", "feh", "metal_poor")] = float("nan")
+    sig[("emb_mlp_full", "feh", "metal_poor")] = float("nan")
+    t = select(_metrics(sig), ["feh"], cands)
+    assert t["candidate"][0] == "emb_mlp_full" and t["basis"][0] == "all"
+
+
+def test_routing_hard_and_blended():
+    labels = ["teff", "feh"]
+    feh = np.array([-2.0, -1.05, -0.95, 0.0, np.nan])
+    a = (np.column_stack([np.full(5, 5000.0), feh]), np.full((5, 2), 0.1))
+    b = (np.column_stack([np.full(5, 6000.0), feh + 0.5]), np.full((5, 2), 0.2))
+    preds = {"a": a, "b": b}
+    sel = {("teff", "metal_poor"): "a", ("teff", "metal_rich"): "b",
+           ("feh", "metal_poor"): "b", ("feh", "metal_rich"): "a"}
+    r = route(preds, ["a", "b"], labels, sel, "a", -1.0)
+    assert list(r.regime) == [METAL_POOR, METAL_POOR, METAL_RICH, METAL_RICH, NO_REGIME]
+    np.testing.assert_array_equal(r.value[:4, 0], [5000, 5000, 6000, 6000])
+    np.testing.assert_array_equal(r.value[:4, 1], feh[:4] + [0.5, 0.5, 0, 0])
+    assert list(r.served[:, 0]) == [0, 0, 1, 1, -1] and np.isnan(r.value[4]).all()
+    # blending over 0.2 dex: continuous across the threshold, hard outside the band
+    r = route(preds, ["a", "b"], labels, sel, "a", -1.0, blend_width=0.2)
+    np.testing.assert_allclose(r.value[:4, 0], [5000, 5250, 5750, 6000])
+    np.testing.assert_allclose(r.error[1, 0], np.sqrt(0.25 * 0.04 + 0.75 * 0.01))
