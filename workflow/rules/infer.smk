@@ -11,6 +11,7 @@ rule infer:
     params:
         config=CONFIG_FILE,
         settings=section_digest("labels", "inference", "evaluation"),
+        sources=candidate_source_args,
     log:
         log_path("infer"),
     benchmark:
@@ -28,7 +29,7 @@ rule infer:
     shell:
         "{resources.mpi} -n {resources.tasks} specbridge infer --config {params.config} "
         "--checkpoints {input.checkpoints} --selection {input.selection} "
-        "--spectra {input.spectra} --output {output} > {log} 2>&1"
+        "{params.sources} --output {output} > {log} 2>&1"
 
 
 rule vac:

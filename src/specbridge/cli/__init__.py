@@ -13,6 +13,7 @@ from specbridge.cli import (
     embed,
     evaluate,
     finetune,
+    infer,
     manifest,
     mock,
     preprocess,
@@ -24,7 +25,8 @@ from specbridge.config import ConfigError
 from specbridge.io.fitsutil import FormatError
 
 # Each module contributes subcommands through register(subparsers).
-_COMMAND_MODULES = (mock, manifest, preprocess, pretrain, embed, finetune, evaluate, stages, checks)
+_COMMAND_MODULES = (mock, manifest, preprocess, pretrain, embed, finetune, evaluate, infer,
+                    stages, checks)
 
 
 def build_parser() -> argparse.ArgumentParser:

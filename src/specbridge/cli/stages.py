@@ -24,16 +24,6 @@ def _not_implemented(stage: str, issue: str):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("infer", help="sharded predictions of every candidate (MPI)",
-                       description="Every candidate's predictions for all DESI spectra, with "
-                                   "regime routing; restartable per shard.")
-    add_config_argument(p)
-    p.add_argument("--checkpoints", nargs="+", required=True)
-    p.add_argument("--selection", required=True)
-    p.add_argument("--spectra", required=True)
-    p.add_argument("--output", required=True)
-    p.set_defaults(func=_not_implemented("infer", "sharded inference"))
-
     p = sub.add_parser("vac", help="write the value-added catalogue (FITS + HDF5)",
                        description="One row per input DESI spectrum, keyed by TARGETID.")
     add_config_argument(p)

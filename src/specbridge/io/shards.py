@@ -73,11 +73,11 @@ def shard_is_complete(path: str | Path, n: int, settings_hash: str) -> bool:
     """True if ``path`` is a finished shard of ``n`` rows made with the same settings."""
     try:
         with h5py.File(path, "r") as h:
-            main = "flux" if "flux" in h else "embedding"
+            main = next(k for k in ("flux", "embedding", "specid") if k in h)
             return (bool(h.attrs.get("complete", False)) and int(h.attrs["n"]) == n
                     and h.attrs.get("settings_hash") == settings_hash
                     and h[main].shape[0] == n)
-    except (OSError, KeyError):
+    except (OSError, KeyError, StopIteration):
         return False
 
 
