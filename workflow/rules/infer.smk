@@ -40,6 +40,7 @@ rule vac:
     output:
         fits=vac_outputs()[0],
         hdf5=vac_outputs()[1],
+        healpix=directory(out("vac", "healpix")),
     params:
         config=CONFIG_FILE,
         settings=section_digest("vac", "labels"),
@@ -57,4 +58,5 @@ rule vac:
         "../../envs/specbridge.yaml"
     shell:
         "specbridge vac --config {params.config} --predictions {input.predictions} "
-        "--manifest {input.manifest} --fits {output.fits} --hdf5 {output.hdf5} > {log} 2>&1"
+        "--manifest {input.manifest} --fits {output.fits} --hdf5 {output.hdf5} "
+        "--healpix-dir {output.healpix} > {log} 2>&1"

@@ -19,6 +19,7 @@ from specbridge.cli import (
     preprocess,
     pretrain,
     stages,
+    vac,
 )
 from specbridge.cli._common import CLIError
 from specbridge.config import ConfigError
@@ -26,7 +27,7 @@ from specbridge.io.fitsutil import FormatError
 
 # Each module contributes subcommands through register(subparsers).
 _COMMAND_MODULES = (mock, manifest, preprocess, pretrain, embed, finetune, evaluate, infer,
-                    stages, checks)
+                    vac, stages, checks)
 
 
 def build_parser() -> argparse.ArgumentParser:

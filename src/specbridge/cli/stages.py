@@ -24,15 +24,6 @@ def _not_implemented(stage: str, issue: str):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("vac", help="write the value-added catalogue (FITS + HDF5)",
-                       description="One row per input DESI spectrum, keyed by TARGETID.")
-    add_config_argument(p)
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--fits", required=True)
-    p.add_argument("--hdf5", required=True)
-    p.set_defaults(func=_not_implemented("vac", "value-added catalogue"))
-
     p = sub.add_parser("report", help="figures and tables of the evaluation and the VAC",
                        description="One-to-one plots, residuals vs [Fe/H], per-regime tables.")
     add_config_argument(p)

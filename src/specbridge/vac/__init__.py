@@ -1,0 +1,1 @@
+"""The value-added catalogue (FITS + HDF5) and HEALPix grouping."""
