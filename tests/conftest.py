@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -98,3 +100,55 @@ def small_mock(tmp_path_factory, shared_data):
     res["outdir"] = out
     res["config"] = cfg
     return res
+
+
+# ---- transfer: a small pretrained MLP and its four DESI candidates ----------------------------
+
+LORA = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["linear"],
+        "train_output_layer": True}
+
+
+def run_specbridge(args, env, timeout=600):
+    r = subprocess.run(["specbridge", *map(str, args)], capture_output=True, text=True,
+                       env=env, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="session")
+def transfer_run(small_mock, tmp_path_factory, tool_env):
+    """Preprocessed mock LAMOST + DESI, a small pretrained MLP, and all four candidates."""
+    from specbridge.io.labels import read_apogee_allstar
+    from specbridge.io.manifest import build_manifest, write_manifest
+    from specbridge.models.transfer import STRATEGIES
+
+    d = tmp_path_factory.mktemp("transfer")
+    labels = read_apogee_allstar(small_mock["labels"])
+    cfg = {"models": {"mlp": {"hidden": [64, 32], "dropout": 0.0}},
+           "training": {"batch_size": 32, "epochs": 8, "lr": 2e-3, "patience": 10,
+                        "val_fraction": 0.15},
+           "finetune": {"models": ["mlp"], "n_train": 1000, "lr": 1e-3, "epochs": 10,
+                        "val_fraction": 0.25, "test_fraction": 0.25,
+                        "adapter": {"hidden": 16}, "lora": {**LORA, "rank": 4}},
+           "inference": {"router": "mlp_zeroshot"}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    index = {}
+    for survey in ("lamost", "desi"):
+        kw = {"redshift_files": small_mock["redrock"]} if survey == "desi" else {}
+        write_manifest(d / f"{survey}.fits",
+                       build_manifest(survey, small_mock[survey], labels=labels, **kw))
+        index[survey] = d / "pre" / survey / "index.h5"
+        run_specbridge(["preprocess", "--config", d / "config.yaml", "--manifest",
+                        d / f"{survey}.fits", "--output", index[survey],
+                        "--spectra-per-shard", "150"], tool_env)
+    run_specbridge(["pretrain", "--config", d / "config.yaml", "--model", "mlp", "--spectra",
+          index["lamost"], "--output", d / "pretrained.pt"], tool_env)
+    cands = {}
+    for s in STRATEGIES:
+        cands[s] = d / f"mlp_{s}.pt"
+        run_specbridge(["finetune", "--config", d / "config.yaml", "--model", "mlp",
+                        "--strategy", s, "--pretrained", d / "pretrained.pt",
+                        "--spectra", index["desi"],
+              "--output", cands[s]], tool_env)
+    return {"dir": d, "config": d / "config.yaml", "index": index, "cands": cands,
+            "pretrained": torch.load(d / "pretrained.pt", weights_only=False)}

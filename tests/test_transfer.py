@@ -3,19 +3,15 @@ routing on real fine-tuned candidates; selection is a pure function of validatio
 
 from __future__ import annotations
 
-import subprocess
-
 import h5py
 import numpy as np
-import pytest
 import torch
-import yaml
 from astropy.table import Table
+from conftest import LORA, run_specbridge
 
 from specbridge.evaluation.selection import select, selection_mapping
 from specbridge.inference.routing import METAL_POOR, METAL_RICH, NO_REGIME, route
-from specbridge.io.labels import read_apogee_allstar
-from specbridge.io.manifest import build_manifest, read_manifest, write_manifest
+from specbridge.io.manifest import read_manifest
 from specbridge.models.mlp import SpectrumMLP
 from specbridge.models.transfer import (
     STRATEGIES,
@@ -23,49 +19,6 @@ from specbridge.models.transfer import (
     load_candidate,
     trainable_parameters,
 )
-
-LORA = {"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["linear"],
-        "train_output_layer": True}
-
-
-def _run(args, env, timeout=600):
-    r = subprocess.run(["specbridge", *map(str, args)], capture_output=True, text=True,
-                       env=env, timeout=timeout)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
-
-
-@pytest.fixture(scope="module")
-def transfer_run(small_mock, tmp_path_factory, tool_env):
-    """Preprocessed mock LAMOST + DESI, a small pretrained MLP, and all four candidates."""
-    d = tmp_path_factory.mktemp("transfer")
-    labels = read_apogee_allstar(small_mock["labels"])
-    cfg = {"models": {"mlp": {"hidden": [64, 32], "dropout": 0.0}},
-           "training": {"batch_size": 32, "epochs": 8, "lr": 2e-3, "patience": 10,
-                        "val_fraction": 0.15},
-           "finetune": {"models": ["mlp"], "n_train": 1000, "lr": 1e-3, "epochs": 10,
-                        "val_fraction": 0.25, "test_fraction": 0.25,
-                        "adapter": {"hidden": 16}, "lora": {**LORA, "rank": 4}},
-           "inference": {"router": "mlp_zeroshot"}}
-    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    index = {}
-    for survey in ("lamost", "desi"):
-        kw = {"redshift_files": small_mock["redrock"]} if survey == "desi" else {}
-        write_manifest(d / f"{survey}.fits",
-                       build_manifest(survey, small_mock[survey], labels=labels, **kw))
-        index[survey] = d / "pre" / survey / "index.h5"
-        _run(["preprocess", "--config", d / "config.yaml", "--manifest", d / f"{survey}.fits",
-              "--output", index[survey], "--spectra-per-shard", "150"], tool_env)
-    _run(["pretrain", "--config", d / "config.yaml", "--model", "mlp", "--spectra",
-          index["lamost"], "--output", d / "pretrained.pt"], tool_env)
-    cands = {}
-    for s in STRATEGIES:
-        cands[s] = d / f"mlp_{s}.pt"
-        _run(["finetune", "--config", d / "config.yaml", "--model", "mlp", "--strategy", s,
-              "--pretrained", d / "pretrained.pt", "--spectra", index["desi"],
-              "--output", cands[s]], tool_env)
-    return {"dir": d, "config": d / "config.yaml", "index": index, "cands": cands,
-            "pretrained": torch.load(d / "pretrained.pt", weights_only=False)}
 
 
 def test_trainable_parameter_counts_production_size():
@@ -130,7 +83,7 @@ def test_evaluate_writes_metrics_selection_and_routed_figures(transfer_run, tool
     d = transfer_run["dir"]
     ev = d / "evaluation"
     ev.mkdir()
-    _run(["evaluate", "--config", transfer_run["config"], "--checkpoints",
+    run_specbridge(["evaluate", "--config", transfer_run["config"], "--checkpoints",
           *transfer_run["cands"].values(), "--spectra", transfer_run["index"]["desi"],
           "--metrics", ev / "metrics.ecsv", "--metrics-md", ev / "metrics.md",
           "--selection", ev / "selection.ecsv", "--summary", ev / "summary.ecsv",

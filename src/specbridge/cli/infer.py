@@ -179,7 +179,7 @@ def _run(args, comm, cfg, plan, log) -> int:
     if rank == 0:
         write_index(out, [w for e in everyone for w in e[0]], {
             "labels": json.dumps(labels), "candidates": json.dumps(names),
-            "checkpoints": json.dumps(plan["digests"]),
+            "checkpoints": json.dumps({c.name: plan["digests"][c.path] for c in cands}),
             "routing": json.dumps(plan["routing"], default=str),
             "settings_hash": plan["settings_hash"], "config_hash": config_hash(cfg),
             "spectra": str(args.spectra), "specbridge_version": __version__,

@@ -183,10 +183,8 @@ def provenance(cat: dict[str, Any], vac_name: str, config_hash: str
         cards += [(f"DEPNAM{k:02d}", dep, ""), (f"DEPVER{k:02d}", ver, "")]
     digests = json.loads(attrs["checkpoints"])
     for k, c in enumerate(cat["candidates"]):
-        path = next((p for p in digests if Path(p).stem.endswith(c.split("_")[-1])
-                     and f"/{c.rsplit('_', 1)[0]}/" in p), None)
         cards += [(f"CAND{k:02d}", c, "candidate"),
-                  (f"CKSH{k:02d}", digests.get(path, "")[:40], "SHA-256 of its checkpoint")]
+                  (f"CKSH{k:02d}", digests.get(c, "")[:40], "checkpoint SHA-256[:40]")]
     sel = dict((tuple(k), v) for k, v in routing["selection"])
     for i, lab in enumerate(cat["labels"]):
         cards += [(f"LABEL{i}", lab, "label"),
@@ -204,15 +202,22 @@ def _hdu_list(cat: dict[str, Any], rows: np.ndarray | None = None):
         yield name, data, cols
 
 
+def _fit_comment(value: Any, comment: str) -> str:
+    """The comment cut so that the card fits in 80 characters (no CONTINUE cards)."""
+    width = len(str(value)) + 2 if isinstance(value, str) else 20
+    return comment[:max(0, 80 - 10 - max(width, 20) - 3)]
+
+
 def write_fits(path: str | Path, cat: dict[str, Any], cards: list[tuple[str, Any, str]],
                rows: np.ndarray | None = None) -> None:
     """The FITS file (all rows, or ``rows``) atomically: empty primary with provenance, then
     PARAMS, CANDIDATES, FIBERMAP with TUNITn, and CHECKSUM/DATASUM on every HDU."""
     with atomic_output(path) as tmp:
         with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
-            hdr = [{"name": k, "value": v, "comment": c} for k, v, c in cards]
-            f.write(None, header=[{"name": "EXTNAME", "value": "PRIMARY", "comment": ""},
-                                  *hdr])
+            hdr = [{"name": k, "value": v, "comment": _fit_comment(v, c)} for k, v, c in cards]
+            f.write(None)  # fitsio drops a header given with no data: write the keys after
+            f[0].write_key("EXTNAME", "PRIMARY", "provenance of the catalogue")
+            f[0].write_keys(hdr)
             for name, data, cols in _hdu_list(cat, rows):
                 f.write(data, extname=name, units=[c[2] for c in cols],
                         header=[{"name": "NSPEC", "value": int(data.size),
