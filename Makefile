@@ -23,7 +23,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES) --printshellcmds
-	@echo "VAC and report under results/ (see README.md, 'Outputs')"
+	$(BIN)/snakemake --report results/report/snakemake-report.html
+	@echo
+	@echo "catalogue:  results/vac/specbridge-vac.fits (+ .h5, per-HEALPix files in results/vac/healpix/)"
+	@echo "report:     results/report/index.html  (Snakemake report: results/report/snakemake-report.html)"
+	@echo "evaluation: results/evaluation/metrics.md"
 
 test: install
 	$(BIN)/python -m pytest

@@ -1,12 +1,10 @@
 """The Snakefile: whole DAG in a dry run, lint-clean, every rule with log and benchmark, and
-stages that are not built yet fail loudly without writing outputs."""
+a stage with a missing input fails with one clear line and writes nothing."""
 
 from __future__ import annotations
 
 import re
 import subprocess
-
-import pytest
 
 EXPECTED_RULES = {
     "mock_survey": 1, "manifest": 2, "preprocess": 2, "pretrain_mlp": 1,
@@ -51,13 +49,12 @@ def test_every_rule_has_log_benchmark_and_resources(repo):
             assert "lambda" not in block, f"rule {name} uses a lambda"
 
 
-def test_unbuilt_stage_fails_clearly_and_writes_nothing(tmp_path, tool_env):
+def test_missing_input_fails_clearly_and_writes_nothing(tmp_path, tool_env):
     out = tmp_path / "finetuned.pt"
     r = subprocess.run(["specbridge", "finetune", "--config", "config.yaml", "--model", "mlp",
-                        "--strategy", "lora", "--pretrained", "p.pt", "--spectra", "index.h5",
-                        "--output", str(out)], capture_output=True, text=True, env=tool_env)
-    if "not implemented yet" not in r.stderr:
-        pytest.skip("finetune is implemented")
-    assert r.returncode == 3
-    assert "not implemented yet" in r.stderr
+                        "--strategy", "lora", "--pretrained", str(tmp_path / "p.pt"),
+                        "--spectra", "index.h5", "--output", str(out)], capture_output=True,
+                       text=True, env=tool_env)
+    assert r.returncode == 2
+    assert "cannot read pretrained checkpoint" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()

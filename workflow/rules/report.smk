@@ -6,12 +6,34 @@ rule report:
     input:
         metrics=out("evaluation", "metrics.ecsv"),
         selection=out("evaluation", "selection.ecsv"),
+        summary=out("evaluation", "summary.ecsv"),
+        predictions=out("evaluation", "predictions.h5"),
         vac=vac_outputs()[0],
     output:
-        out("report", "index.html"),
+        html=out("report", "index.html"),
+        one_to_one=report(
+            out("report", "one_to_one.png"),
+            caption="../report/one_to_one.rst",
+            category="Evaluation",
+        ),
+        residuals=report(
+            out("report", "residual_vs_feh.png"),
+            caption="../report/residual_vs_feh.rst",
+            category="Evaluation",
+        ),
+        regimes=report(
+            out("report", "regime_sigma.png"),
+            caption="../report/regime_sigma.rst",
+            category="Evaluation",
+        ),
+        overview=report(
+            out("report", "vac_overview.png"),
+            caption="../report/vac_overview.rst",
+            category="Catalogue",
+        ),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("evaluation"),
+        settings=section_digest("evaluation", "inference"),
     log:
         log_path("report"),
     benchmark:
@@ -26,4 +48,6 @@ rule report:
         "../../envs/specbridge.yaml"
     shell:
         "specbridge report --config {params.config} --metrics {input.metrics} "
-        "--selection {input.selection} --vac {input.vac} --output {output} > {log} 2>&1"
+        "--selection {input.selection} --summary {input.summary} "
+        "--predictions {input.predictions} --vac {input.vac} --output {output.html} "
+        "> {log} 2>&1"

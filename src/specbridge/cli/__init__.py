@@ -18,7 +18,7 @@ from specbridge.cli import (
     mock,
     preprocess,
     pretrain,
-    stages,
+    report,
     vac,
 )
 from specbridge.cli._common import CLIError
@@ -27,7 +27,7 @@ from specbridge.io.fitsutil import FormatError
 
 # Each module contributes subcommands through register(subparsers).
 _COMMAND_MODULES = (mock, manifest, preprocess, pretrain, embed, finetune, evaluate, infer,
-                    vac, stages, checks)
+                    vac, report, checks)
 
 
 def build_parser() -> argparse.ArgumentParser:
