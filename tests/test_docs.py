@@ -23,3 +23,15 @@ def test_flag_bits_are_unique():
     assert flags.names(flags.flag("NO_LABEL") | flags.flag("SKY_FIBER")) == ["SKY_FIBER",
                                                                           "NO_LABEL"]
     assert flags.is_fatal(flags.flag("SKY_FIBER")) and not flags.is_fatal(flags.flag("NO_LABEL"))
+
+
+def test_vac_page_lists_every_column(repo):
+    from specbridge.vac.catalogue import datamodel_markdown
+
+    page = (repo / "docs" / "datamodel" / "vac.md").read_text()
+    assert datamodel_markdown(["teff", "logg", "feh", "alpha_fe"], ["mlp_lora"]) in page
+
+
+def test_every_output_has_a_datamodel_page(repo):
+    pages = {p.stem for p in (repo / "docs" / "datamodel").glob("*.md")}
+    assert {"manifest", "preprocessed", "flags", "evaluation", "predictions", "vac"} <= pages
