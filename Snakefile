@@ -25,6 +25,7 @@ wildcard_constraints:
     survey="lamost|desi",
     model="mlp|emb_mlp",
     strategy="zeroshot|adapter|lora|full",
+    realset="[A-Za-z0-9_-]+",
 
 
 include: "workflow/rules/data.smk"

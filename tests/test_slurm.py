@@ -32,11 +32,11 @@ def profile_env(repo, tool_env, overrides):
     return dict(kv.split("=", 1) for kv in r.stdout.decode().split("\0") if "=" in kv)
 
 
-def run_profile(repo, workdir, env, *targets, timeout=600):
+def run_profile(repo, workdir, env, *targets, configfiles=(), timeout=600):
     cmd = ["snakemake", *targets, "-s", str(repo / "Snakefile"), "-d", str(workdir),
            "--profile", str(repo / "slurm"), "--slurm-status-command", "squeue",
            "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1",
-           "--retries", "0", "--configfile", str(repo / "config.yaml")]
+           "--retries", "0", "--configfile", str(repo / "config.yaml"), *map(str, configfiles)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -108,3 +108,62 @@ def test_training_ddp_under_srun_matches_one_rank(slurm_cluster, small_mock, tmp
     for k, v in a["model"].items():
         if v.dtype.is_floating_point:
             torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+SMALL_PIPELINE = {
+    "data": {"mock": {"n_lamost": 400, "n_desi": 400, "desi_per_file": 200,
+                      "desi_resolution_hdu": False}},
+    "preprocess": {"spectra_per_shard": 150},
+    "models": {"mlp": {"hidden": [64, 32], "dropout": 0.0},
+               "specformer": {"d_model": 32, "n_layers": 1, "n_heads": 2},
+               "emb_mlp": {"hidden": [32], "dropout": 0.0}},
+    "training": {"epochs": 2, "batch_size": 32},
+    "finetune": {"epochs": 2, "n_train": 100, "val_fraction": 0.25, "test_fraction": 0.25},
+}
+
+
+def _job_counts(text: str) -> dict[str, int]:
+    """The 'Job stats' table snakemake prints: {rule: count}."""
+    import re
+
+    block = text.split("Job stats:", 1)[1] if "Job stats:" in text else ""
+    return {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", block, flags=re.M)
+            if k != "total"}
+
+
+def test_whole_pipeline_under_slurm_then_rule_level_rerun(slurm_cluster, repo, tmp_path,
+                                                          tool_env, shared_data):
+    """mock -> VAC + report as SLURM jobs (MPI preprocessing, DDP pretraining and fine-tuning,
+    sharded inference, each with 2 ranks under srun); then --forcerun finetune recomputes only
+    fine-tuning and what depends on it."""
+    import yaml
+
+    from specbridge.vac.catalogue import read_fits_tables
+
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump({**SMALL_PIPELINE, "reference_data": str(shared_data)}))
+    env = profile_env(repo, tool_env, CPU_NODE)
+    r = run_profile(repo, tmp_path, env, "all", configfiles=[small], timeout=1800)
+    res = tmp_path / "results"
+    logs = {p.stem: p.read_text() for p in (res / "logs").glob("*.log")}
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    out = r.stdout + r.stderr
+    assert out.count("has been submitted with SLURM jobid") >= 22
+    assert "over 2 ranks" in logs["preprocess_desi"]
+    assert "2 rank(s)" in logs["pretrain_mlp"] and "2 rank(s)" in logs["finetune_mlp_lora"]
+    assert "[rank 0/2]" in logs["infer"]
+    vac = read_fits_tables(res / "vac" / "specbridge-vac.fits")
+    assert len(vac["PARAMS"]) == 400
+    assert (res / "report" / "index.html").exists()
+
+    upstream = [res / "preprocessed" / "desi" / "index.h5", res / "models" / "mlp" /
+                "pretrained.pt", res / "embeddings" / "desi" / "index.h5"]
+    before = {p: p.stat().st_mtime_ns for p in upstream}
+    r = run_profile(repo, tmp_path, env, "all", "--forcerun", "finetune",
+                    configfiles=[small], timeout=1800)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    ran = _job_counts(r.stdout + r.stderr)
+    assert ran == {"finetune": 8, "evaluate": 1, "infer": 1, "vac": 1, "report": 1, "all": 1}
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    again = read_fits_tables(res / "vac" / "specbridge-vac.fits")
+    assert len(again["PARAMS"]) == 400

@@ -9,17 +9,19 @@ import subprocess
 EXPECTED_RULES = {
     "mock_survey": 1, "manifest": 2, "preprocess": 2, "pretrain_mlp": 1,
     "pretrain_specformer": 1, "embed": 2, "pretrain_emb_mlp": 1, "finetune": 8,
-    "evaluate": 1, "infer": 1, "vac": 1, "report": 1, "all": 1,
+    "evaluate": 1, "infer": 1, "vac": 1, "report": 1, "validate_real": 2, "all": 1,
 }
 
 
 def _snakemake(repo, workdir, env, *args, timeout=300):
+    # reference_data is relative to the working directory: point it at the shared data
     cmd = ["snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir), *args,
-           "--configfile", str(repo / "config.yaml")]
+           "--configfile", str(repo / "config.yaml"), "--config",
+           f"reference_data={repo.parent / 'shared' / 'data'}"]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def test_dry_run_prints_whole_dag(repo, tmp_path, tool_env):
+def test_dry_run_prints_whole_dag(repo, tmp_path, tool_env, shared_data):
     r = _snakemake(repo, tmp_path, tool_env, "-n")
     assert r.returncode == 0, r.stderr
     text = r.stdout + r.stderr

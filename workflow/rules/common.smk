@@ -147,6 +147,30 @@ def section_digest(*sections):
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+# ---- real labelled LAMOST spectra -------------------------------------------------------------
+
+
+def real_sets():
+    """Names of the real_validation sets whose files exist on this machine."""
+    import glob
+
+    ref = str(config["reference_data"])
+    return [
+        s["name"]
+        for s in config["real_validation"]
+        if any(glob.glob(g.replace("{reference_data}", ref)) for g in s["files"])
+    ]
+
+
+def real_tables(wildcards=None):
+    return [out("real", f"{name}.ecsv") for name in real_sets()]
+
+
+def real_args(wildcards, input):
+    """--real and the tables, when any real set is present."""
+    return f"--real {' '.join(input.real)}" if real_sets() else ""
+
+
 # ---- final products --------------------------------------------------------------------------
 
 

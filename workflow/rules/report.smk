@@ -9,6 +9,7 @@ rule report:
         summary=out("evaluation", "summary.ecsv"),
         predictions=out("evaluation", "predictions.h5"),
         vac=vac_outputs()[0],
+        real=real_tables,
     output:
         html=out("report", "index.html"),
         one_to_one=report(
@@ -34,6 +35,7 @@ rule report:
     params:
         config=CONFIG_FILE,
         settings=section_digest("evaluation", "inference"),
+        real=real_args,
     log:
         log_path("report"),
     benchmark:
@@ -49,5 +51,37 @@ rule report:
     shell:
         "specbridge report --config {params.config} --metrics {input.metrics} "
         "--selection {input.selection} --summary {input.summary} "
-        "--predictions {input.predictions} --vac {input.vac} --output {output.html} "
+        "--predictions {input.predictions} --vac {input.vac} {params.real} "
+        "--output {output.html} "
         "> {log} 2>&1"
+
+
+rule validate_real:
+    """Real labelled LAMOST spectra (config real_validation) predicted by the pretrained MLP."""
+    input:
+        model=pretrained("mlp"),
+    output:
+        table=out("real", "{realset}.ecsv"),
+        figure=report(
+            out("real", "{realset}.png"),
+            caption="../report/real_lamost.rst",
+            category="Real LAMOST spectra",
+        ),
+    params:
+        config=CONFIG_FILE,
+        settings=section_digest("real_validation", "preprocess", "grid", "reference_data"),
+    log:
+        log_path("validate_real_{realset}"),
+    benchmark:
+        benchmark_path("validate_real_{realset}")
+    threads: 1
+    resources:
+        nodes=1,
+        gpu=0,
+        runtime=30,
+        mem_mb=4000,
+    conda:
+        "../../envs/specbridge.yaml"
+    shell:
+        "specbridge validate-real --config {params.config} --set {wildcards.realset} "
+        "--model {input.model} --output {output.table} --figure {output.figure} > {log} 2>&1"

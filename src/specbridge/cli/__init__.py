@@ -20,6 +20,7 @@ from specbridge.cli import (
     pretrain,
     report,
     vac,
+    validate_real,
 )
 from specbridge.cli._common import CLIError
 from specbridge.config import ConfigError
@@ -27,7 +28,8 @@ from specbridge.io.fitsutil import FormatError
 
 # Each module contributes subcommands through register(subparsers).
 _COMMAND_MODULES = (mock, manifest, preprocess, pretrain, embed, finetune, evaluate, infer,
-                    vac, report, checks)
+                    vac, report, validate_real,
+                    checks)
 
 
 def build_parser() -> argparse.ArgumentParser:

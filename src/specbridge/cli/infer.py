@@ -22,6 +22,7 @@ from specbridge import __version__, flags
 from specbridge.atomic import atomic_output
 from specbridge.cli._common import CLIError, add_config_argument, config_from_args
 from specbridge.config import ConfigError, config_hash
+from specbridge.faults import kill_point
 from specbridge.io.shards import shard_is_complete, write_index
 from specbridge.parallel.mpi import (
     comm_rank_size,
@@ -173,6 +174,7 @@ def _run(args, comm, cfg, plan, log) -> int:
             skipped += 1
         written.append({"path": str(path), "first_row": s["first_row"], "n": s["n"]})
         progress(k + 1, len(mine))
+        kill_point("infer", rank, k + 1)
     total = gather_error_counts(comm, counts)
     stats = (written, nspec, skipped, t_pred)
     everyone = comm.gather(stats, root=0) if comm is not None else [stats]

@@ -24,6 +24,7 @@ import numpy as np
 from specbridge import __version__, flags
 from specbridge.cli._common import CLIError, add_config_argument, config_from_args
 from specbridge.config import ConfigError, config_hash
+from specbridge.faults import kill_point
 from specbridge.io.fitsutil import FormatError
 from specbridge.io.shards import shard_is_complete, write_index, write_shard
 from specbridge.parallel.mpi import (
@@ -289,6 +290,7 @@ def _run(args, comm, cfg, m, log, t0) -> int:
             nspec += b - a
         written.append({"path": str(path), "first_row": a, "n": b - a})
         progress(k + 1, len(mine))
+        kill_point("preprocess", rank, k + 1)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     total = gather_error_counts(comm, counts)
     stats = {"skipped": skipped, "nspec": nspec, "t_proc": t_proc, "peak_mb": peak_mb}

@@ -30,6 +30,33 @@ def table_html(table, columns=None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def real_sections(tables: list[str], report_dir: Path) -> list[str]:
+    """HTML of the real labelled LAMOST sets: summary per label and the one-to-one figure."""
+    import os
+
+    from astropy.table import Table
+
+    if not tables:
+        return []
+    parts = ["<h2>Real labelled LAMOST spectra (pretrained spectrum MLP)</h2>",
+             "<p>Read, cross-matched and preprocessed like the survey; predicted by the "
+             "LAMOST-pretrained spectrum MLP of this run. Reference labels are the sets' own "
+             "(literature or an independent fit), not APOGEE.</p>"]
+    for path in tables:
+        t = Table.read(path, format="ascii.ecsv")
+        summ = Table(rows=[[r["label"], r["n"], r["robust_sigma"], r["bias"], r["mad"]]
+                           for r in t.meta["summary"] if r["n"]],
+                     names=["label", "n", "robust_sigma", "bias", "mad"])
+        fig = Path(path).with_suffix(".png")
+        first = next(c for c in t.colnames if c.endswith("_PRED"))
+        n_pred = int(np.isfinite(t[first]).sum())
+        parts += [f"<h3>{html.escape(t.meta['set'])}: {html.escape(t.meta['reference'])}</h3>",
+                  f"<p>{len(t)} spectra, {n_pred} with a prediction.</p>", table_html(summ)]
+        if fig.exists():
+            parts.append(f"<img src='{html.escape(os.path.relpath(fig, report_dir))}'>")
+    return parts
+
+
 def run(args: argparse.Namespace) -> int:
     import h5py
     from astropy.table import Table
@@ -105,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
         parts += [f"<h3>{html.escape(lab)} ({html.escape(str(t['unit'][0]))})</h3>",
                   table_html(t, ["candidate", "regime", "n", "robust_sigma", "bias", "mad",
                                  "outlier_fraction", "within_1sigma", "z_robust_sigma"])]
-    parts += ["<h2>The catalogue</h2>", f"<img src='{FIGURES[3]}'>", "</body></html>"]
+    parts += ["<h2>The catalogue</h2>", f"<img src='{FIGURES[3]}'>"]
+    parts += real_sections(args.real or [], out.parent)
+    parts.append("</body></html>")
     with atomic_output(out) as tmp:
         Path(tmp).write_text("\n".join(parts))
     log.info("wrote %s and %d figures", out, len(FIGURES))
@@ -124,5 +153,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary", required=True)
     p.add_argument("--predictions", required=True, help="predictions.h5 of evaluate")
     p.add_argument("--vac", required=True, help="merged VAC FITS file")
+    p.add_argument("--real", nargs="*", help="tables of validate-real (real LAMOST sets)")
     p.add_argument("--output", required=True, help="report HTML page (figures beside it)")
     p.set_defaults(func=run)

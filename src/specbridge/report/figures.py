@@ -21,7 +21,7 @@ PRETTY = {"teff": r"$T_\mathrm{eff}$", "logg": r"$\log g$", "feh": "[Fe/H]",
 
 def _save(fig, path: str | Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from specbridge.atomic import atomic_output
+from specbridge.faults import kill_point
 from specbridge.parallel.ddp import DistEnv
 
 
@@ -123,6 +124,7 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     world = env.world_size
+    steps = 0  # batches this process has trained on (for fault injection)
     while state.epoch < settings.epochs and state.bad_epochs < settings.patience:
         epoch = state.epoch
         _seed_epoch(settings.seed, epoch, env.rank)
@@ -142,6 +144,8 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
             tot += float(loss.detach()) / world
             nsamp += batch_size_of(batch)
             nbatch += 1
+            steps += 1
+            kill_point("train", env.rank, steps)
         sched.step()
         dt = time.monotonic() - t0
         net.eval()
