@@ -23,7 +23,7 @@ include: "workflow/rules/common.smk"
 
 wildcard_constraints:
     survey="lamost|desi",
-    model="mlp|emb_mlp",
+    model="mlp|emb_mlp|specformer",
     strategy="zeroshot|adapter|lora|full",
     realset="[A-Za-z0-9_-]+",
 

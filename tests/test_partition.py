@@ -45,3 +45,21 @@ def test_split_evenly():
     assert split_evenly(0, 2) == [(0, 0), (0, 0)]
     with pytest.raises(ValueError):
         split_evenly(5, 0)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, False),
+    ({"SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}, False),  # srun -n 1 job step
+    ({"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1"}, True),
+    ({"PMI_SIZE": "1", "PMI_RANK": "0"}, False),                  # mpiexec -n 1
+    ({"PMI_SIZE": "4", "PMI_RANK": "3"}, True),
+    ({"PMIX_RANK": "0"}, True),                                   # size unknown: assume MPI
+])
+def test_launched_under_mpi_needs_more_than_one_task(monkeypatch, env, expected):
+    from specbridge.parallel.mpi import _MPI_RANK_VARS, _MPI_SIZE_VARS, launched_under_mpi
+
+    for v in (*_MPI_SIZE_VARS, *_MPI_RANK_VARS):
+        monkeypatch.delenv(v, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert launched_under_mpi() is expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import pytest
 import torch
 from astropy.table import Table
 from conftest import LORA, run_specbridge
@@ -151,3 +152,70 @@ def test_routing_hard_and_blended():
     r = route(preds, ["a", "b"], labels, sel, "a", -1.0, blend_width=0.2)
     np.testing.assert_allclose(r.value[:4, 0], [5000, 5250, 5750, 6000])
     np.testing.assert_allclose(r.error[1, 0], np.sqrt(0.25 * 0.04 + 0.75 * 0.01))
+
+
+def test_lora_on_the_specformer_trains_only_lora_and_the_head():
+    from specbridge.models.specformer import SpecFormer
+    from specbridge.models.transfer import SpecFormerRegressor, servable
+
+    torch.manual_seed(3)
+    sf = SpecFormer(200, 20, 10, 16, 2, 2)
+    head = SpectrumMLP(16, (8,), 2)
+    base = SpecFormerRegressor(sf, head, torch.zeros(16), torch.ones(16)).eval()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    m = build_transfer_model(base, "lora", lora={**LORA, "rank": 2})
+    # LoRA on linear1 (16 -> 64) and linear2 (64 -> 16) of 2 layers; the head in full
+    head_params = sum(p.numel() for p in head.parameters())
+    assert trainable_parameters(m) == 2 * 2 * ((16 + 64) + (64 + 16)) + head_params
+    x = torch.stack([1 + 0.1 * torch.randn(16, 200), torch.full((16, 200), 100.0)], 1)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    m.train()
+    for _ in range(3):
+        mu, lv = m(x)
+        loss = (mu ** 2).mean() + lv.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    with torch.no_grad():
+        ref = m(x)[0]
+        net = servable(m)
+        out = net(x)[0]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    after = net.state_dict()
+    for k, v in before.items():
+        moved = not torch.equal(after[k], v)
+        targeted = k.startswith("specformer.encoder.") and (".linear1.weight" in k
+                                                            or ".linear2.weight" in k)
+        buffer = "running_" in k or "num_batches" in k
+        if k.startswith("head.") and not buffer:  # the head trains in full
+            assert moved, k
+        elif targeted:
+            assert moved, k
+        else:
+            assert not moved, k
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("strategy", ["adapter", "lora"])
+def test_frozen_weights_stay_frozen_under_ddp(transfer_run, tmp_path, tool_env, mpiexec,
+                                              strategy):
+    """With 2 DDP ranks the BatchNorm layers are swapped for all-reducing ones: the frozen
+    backbone (affine parameters and running statistics) must stay bit-identical."""
+    import subprocess
+
+    d = transfer_run["dir"]
+    out = tmp_path / f"{strategy}.pt"
+    r = subprocess.run([mpiexec, "-n", "2", "specbridge", "finetune", "--config",
+                        str(transfer_run["config"]), "--model", "mlp", "--strategy", strategy,
+                        "--pretrained", str(d / "pretrained.pt"), "--spectra",
+                        str(transfer_run["index"]["desi"]), "--output", str(out)],
+                       capture_output=True, text=True, env=tool_env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 rank(s)" in r.stderr
+    pre = transfer_run["pretrained"]["model"]
+    got = load_candidate(out)[0].state_dict()
+    prefix = "base." if strategy == "adapter" else ""
+    for k, v in pre.items():
+        if k.startswith("backbone.") and (strategy == "adapter" or ".1." in k or ".5." in k):
+            assert torch.equal(got[prefix + k], v), k  # BatchNorm (and for adapter, all)

@@ -19,7 +19,10 @@ OUT = config["outdir"]
 SURVEYS = ["lamost", "desi"]
 MODELS = config["finetune"]["models"]
 STRATEGIES = config["finetune"]["strategies"]
-CANDIDATES = [f"{m}_{s}" for m in MODELS for s in STRATEGIES]
+SPECFORMER_LORA = config["finetune"]["lora"]["specformer"]
+CANDIDATES = [f"{m}_{s}" for m in MODELS for s in STRATEGIES] + (
+    ["specformer_lora"] if SPECFORMER_LORA else []
+)
 
 
 def resolved_config_path():
@@ -110,7 +113,14 @@ def finetuned(candidate):
 
 
 def finetune_inputs(wildcards):
-    """Pretrained weights of the model plus the DESI arrays it reads (embeddings for emb_mlp)."""
+    """Pretrained weights of the model plus the DESI arrays it reads (embeddings for emb_mlp;
+    for the SpecFormer with LoRA, the SpecFormer and the embedding MLP on top)."""
+    if wildcards.model == "specformer":
+        return {
+            "pretrained": pretrained("emb_mlp"),
+            "specformer": pretrained("specformer"),
+            "spectra": preprocessed("desi"),
+        }
     inputs = {"pretrained": pretrained(wildcards.model), "spectra": preprocessed("desi")}
     if wildcards.model == "emb_mlp":
         inputs["embeddings"] = embeddings("desi")
@@ -122,6 +132,8 @@ def finetune_source_args(wildcards, input):
     args = f"--spectra {input.spectra}"
     if wildcards.model == "emb_mlp":
         args += f" --embeddings {input.embeddings}"
+    if wildcards.model == "specformer":
+        args += f" --specformer {input.specformer}"
     return args
 
 

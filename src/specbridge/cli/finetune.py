@@ -20,11 +20,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from specbridge.evaluation.metrics import robust_sigma
-    from specbridge.models import SpectrumMLP
+    from specbridge.models import SpecFormer, SpectrumMLP
     from specbridge.models.transfer import (
+        SpecFormerRegressor,
         architecture,
         build_transfer_model,
         servable,
+        specformer_architecture,
         trainable_parameters,
     )
     from specbridge.parallel.ddp import destroy_distributed, init_distributed
@@ -39,14 +41,23 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         ft["epochs"] = args.epochs
     on_emb = args.model == "emb_mlp"
+    on_sf = args.model == "specformer"  # LoRA on the SpecFormer, the embedding MLP on top
     if on_emb and not args.embeddings:
         raise CLIError("--model emb_mlp needs --embeddings (DESI embedding index)")
+    if on_sf and (args.strategy != "lora" or not args.specformer):
+        raise CLIError("--model specformer takes --strategy lora, --specformer (the pretrained "
+                       "SpecFormer) and --pretrained (the pretrained embedding MLP)")
+    head_model = "emb_mlp" if on_sf else args.model
     try:
         blob = torch.load(args.pretrained, map_location="cpu", weights_only=False)
         extra = blob["extra"]
-        if extra.get("model") != args.model:
+        if extra.get("model") != head_model:
             raise CLIError(f"{args.pretrained} holds model {extra.get('model')!r}, "
-                           f"not {args.model!r}")
+                           f"not {head_model!r}")
+        sf_blob = (torch.load(args.specformer, map_location="cpu", weights_only=False)
+                   if on_sf else None)
+        if on_sf and sf_blob["extra"].get("model") != "specformer":
+            raise CLIError(f"{args.specformer} is not a SpecFormer checkpoint")
     except (OSError, KeyError, RuntimeError) as exc:
         raise CLIError(f"cannot read pretrained checkpoint {args.pretrained}: {exc}") from None
     labels = list(extra["labels"])
@@ -60,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
     mean = np.asarray(extra["label_mean"], np.float64)
     std = np.asarray(extra["label_std"], np.float64)
     source = args.embeddings if on_emb else args.spectra
+    feature = "embedding" if on_emb else "spectrum" if on_sf else "flux"
     kw = {"labels": labels, "val_fraction": ft["val_fraction"],
-          "test_fraction": ft["test_fraction"], "feature": "embedding" if on_emb else "flux"}
+          "test_fraction": ft["test_fraction"], "feature": feature}
     train_set = LabelledShards(source, split="train", max_rows=ft["n_train"], **kw)
     val_set = LabelledShards(source, split="val", **kw)
     batch = cfg["training"]["batch_size"]
@@ -71,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
 
     base = SpectrumMLP(extra["npix"], extra["hidden"], len(labels), extra["dropout"])
     base.load_state_dict(blob["model"])
+    if on_sf:
+        se = sf_blob["extra"]
+        sf = SpecFormer(se["npix"], se["patch_size"], se["patch_stride"], se["d_model"],
+                        se["n_layers"], se["n_heads"])
+        sf.load_state_dict(sf_blob["model"])
+        base = SpecFormerRegressor(sf, base, se["embed_mean"], se["embed_std"])
     torch.manual_seed(cfg["seed"])
     model = build_transfer_model(base, args.strategy, ft["adapter"]["hidden"],
                                  ft["lora"]).to(device)
@@ -109,13 +127,14 @@ def run(args: argparse.Namespace) -> int:
         sig = {lab: robust_sigma((mu[:, i] - y[:, i]) * std[i]) for i, lab in enumerate(labels)}
         log.info("validation NLL %.4f; robust sigma %s", val_loss,
                  ", ".join(f"{k} {v:.4g}" for k, v in sig.items()))
-        arch = architecture(extra, args.strategy, ft["adapter"]["hidden"])
+        arch = (specformer_architecture(sf_blob["extra"], extra) if on_sf else
+                architecture(extra, args.strategy, ft["adapter"]["hidden"]))
         with atomic_output(args.output) as tmp:
             torch.save({"candidate": f"{args.model}_{args.strategy}", "model": args.model,
                         "strategy": args.strategy, "arch": arch,
                         "state_dict": net.state_dict(), "labels": labels,
                         "label_mean": mean, "label_std": std,
-                        "feature": "embedding" if on_emb else "flux",
+                        "feature": feature,
                         "trainable_parameters": n_trainable, "n_train": train_set.n,
                         "history": history, "best_epoch": best_epoch, "val_loss": val_loss,
                         "val_robust_sigma": sig,
@@ -133,11 +152,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "labelled DESI training split; writes the servable "
                                    "candidate checkpoint (LoRA merged).")
     add_config_argument(p)
-    p.add_argument("--model", required=True, choices=["mlp", "emb_mlp"])
+    p.add_argument("--model", required=True, choices=["mlp", "emb_mlp", "specformer"],
+                   help="specformer: LoRA on the SpecFormer with the embedding MLP on top")
     p.add_argument("--strategy", required=True, choices=["zeroshot", "adapter", "lora", "full"])
     p.add_argument("--pretrained", required=True, help="pretrained checkpoint")
     p.add_argument("--spectra", required=True, help="index HDF5 of preprocessed DESI spectra")
     p.add_argument("--embeddings", help="index HDF5 of DESI embeddings (model emb_mlp)")
+    p.add_argument("--specformer", help="pretrained SpecFormer checkpoint (model specformer)")
     p.add_argument("--output", required=True, help="candidate checkpoint to write")
     p.add_argument("--workdir", help="checkpoints for resuming (default: beside --output)")
     p.add_argument("--n-train", type=int, help="override finetune.n_train (size sweeps)")

@@ -69,12 +69,15 @@ def paired_shards(spectra_index: str | Path, embeddings_index: str | Path | None
 
 def read_inputs(shard: dict[str, Any], need: set[str]) -> dict[str, np.ndarray]:
     """Row fields of a shard plus the network inputs in ``need`` ('flux': (n, npix) float32,
-    'embedding': (n, d) float32), and 'usable' (n,) bool: no fatal flag and some data."""
+    'spectrum': (n, 2, npix) flux and ivar, 'embedding': (n, d) float32), and 'usable' (n,)
+    bool: no fatal flag and some data."""
     d = read_shard(shard["path"], ROW_FIELDS + ("flux", "ivar"))
     out = {f: d[f] for f in ROW_FIELDS}
     usable = ~flags.is_fatal(d["flags"]) & ((d["ivar"] > 0).sum(1) > 0)
     if "flux" in need:
         out["flux"] = network_input(d["flux"], d["ivar"])
+    if "spectrum" in need:
+        out["spectrum"] = np.stack([d["flux"], d["ivar"]], axis=1).astype(np.float32)
     if "embedding" in need:
         out["embedding"] = read_shard(shard["emb_path"], ("embedding",))["embedding"]
         usable &= np.isfinite(out["embedding"]).all(1)
@@ -86,7 +89,7 @@ def predict(cand: Candidate, x: np.ndarray, usable: np.ndarray, batch_size: int 
             device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(value, error), each (n, n_labels) float64 in physical units (K, dex); NaN where
     ``usable`` is False. error = the predicted standard deviation."""
-    n, nl = x.shape[0], len(cand.labels)
+    n, nl = x.shape[0], len(cand.labels)  # x: (n, n_in) or (n, 2, npix)
     value = np.full((n, nl), np.nan)
     error = np.full((n, nl), np.nan)
     idx = np.flatnonzero(usable)

@@ -41,12 +41,17 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
 
 
 def convert_global_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every nn.BatchNorm1d in ``module`` by GlobalBatchNorm1d (state kept), in place."""
+    """Replace every nn.BatchNorm1d in ``module`` by GlobalBatchNorm1d (state kept), in place.
+    Frozen affine parameters (requires_grad False) stay frozen."""
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm1d:
             new = GlobalBatchNorm1d(child.num_features, child.eps, child.momentum,
                                     child.affine, child.track_running_stats)
             new.load_state_dict(child.state_dict())
+            if child.affine:
+                new.weight.requires_grad_(child.weight.requires_grad)
+                new.bias.requires_grad_(child.bias.requires_grad)
+            new.train(child.training)
             setattr(module, name, new)
         else:
             convert_global_batchnorm(child)

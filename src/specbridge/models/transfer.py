@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from specbridge.models.mlp import SpectrumMLP
+from specbridge.models.specformer import SpecFormer
 
 STRATEGIES = ("zeroshot", "adapter", "lora", "full")
 
@@ -46,6 +47,26 @@ class ResidualAdapter(nn.Module):
         return mean, log_var
 
 
+class SpecFormerRegressor(nn.Module):
+    """The SpecFormer and the embedding MLP as one network, for LoRA on the SpecFormer itself.
+
+    (batch, 2, npix) [flux, ivar] -> SpecFormer embedding (mean over output tokens),
+    standardised with the statistics stored at pretraining -> embedding MLP -> (mean, log_var),
+    each (batch, n_labels).
+    """
+
+    def __init__(self, specformer: SpecFormer, head: SpectrumMLP, embed_mean, embed_std):
+        super().__init__()
+        self.specformer = specformer
+        self.head = head
+        self.register_buffer("embed_mean", torch.as_tensor(embed_mean, dtype=torch.float32))
+        self.register_buffer("embed_std", torch.as_tensor(embed_std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.specformer.embed(x[:, 0], x[:, 1])
+        return self.head((e - self.embed_mean) / self.embed_std)
+
+
 class TransferModel(nn.Module):
     """The model being fine-tuned; keeps the BatchNorm layers of a frozen backbone in eval mode
     (running statistics from pretraining) even while the loop calls ``train()``."""
@@ -68,11 +89,17 @@ class TransferModel(nn.Module):
         return self.net(x)
 
 
-def lora_targets(base: SpectrumMLP, target_modules: Sequence[str],
+def lora_targets(base: SpectrumMLP | SpecFormerRegressor, target_modules: Sequence[str],
                  train_output_layer: bool) -> list[str]:
     """Module names LoRA wraps. ``linear`` stands for every nn.Linear of the backbone, and of
     the heads too when the output layer is not trained in full; other entries are names."""
     names: list[str] = []
+    if isinstance(base, SpecFormerRegressor):
+        # the encoder's feed-forward Linear layers: MultiheadAttention reads out_proj's weight
+        # directly (not through its forward), so LoRA there would have no effect
+        return sorted(n for n, m in base.named_modules() if isinstance(m, nn.Linear)
+                      and n.startswith("specformer.encoder.") and n.rsplit(".", 1)[-1]
+                      in ("linear1", "linear2"))
     heads = {"mean", "log_var"}
     for t in target_modules:
         if t == "linear":
@@ -85,8 +112,9 @@ def lora_targets(base: SpectrumMLP, target_modules: Sequence[str],
     return sorted(set(names))
 
 
-def build_transfer_model(base: SpectrumMLP, strategy: str, adapter_width: int = 64,
-                         lora: dict[str, Any] | None = None) -> TransferModel:
+def build_transfer_model(base: SpectrumMLP | SpecFormerRegressor, strategy: str,
+                         adapter_width: int = 64, lora: dict[str, Any] | None = None
+                         ) -> TransferModel:
     """Wrap a pretrained SpectrumMLP for ``strategy``; only what the strategy trains has
     ``requires_grad``: nothing (zeroshot), the adapter (adapter), the LoRA matrices plus
     optionally the output heads (lora), everything (full)."""
@@ -102,11 +130,18 @@ def build_transfer_model(base: SpectrumMLP, strategy: str, adapter_width: int = 
 
         lora = lora or {}
         train_out = lora.get("train_output_layer", True)
+        if isinstance(base, SpecFormerRegressor):
+            saved = ["head"] if train_out else None  # the embedding MLP on top
+            # torch's inference fast path of TransformerEncoderLayer reads linear1/linear2's
+            # weights directly and would skip the LoRA matrices in eval mode
+            torch.backends.mha.set_fastpath_enabled(False)
+        else:
+            saved = ["mean", "log_var"] if train_out else None
         cfg = LoraConfig(r=lora.get("rank", 8), lora_alpha=lora.get("alpha", 16),
                          lora_dropout=lora.get("dropout", 0.0), bias="none",
                          target_modules=lora_targets(base, lora.get("target_modules",
                                                                     ["linear"]), train_out),
-                         modules_to_save=["mean", "log_var"] if train_out else None)
+                         modules_to_save=saved)
         return TransferModel(get_peft_model(base, cfg), strategy)
     return TransferModel(base, strategy)
 
@@ -131,8 +166,23 @@ def architecture(base_extra: dict[str, Any], strategy: str, adapter_width: int) 
             "adapter_width": adapter_width if strategy == "adapter" else None}
 
 
+def specformer_architecture(sf_extra: dict[str, Any], head_extra: dict[str, Any]) -> dict:
+    """Architecture of the SpecFormer + embedding-MLP candidate."""
+    keys = ("npix", "patch_size", "patch_stride", "d_model", "n_layers", "n_heads")
+    return {"kind": "specformer", "specformer": {k: int(sf_extra[k]) for k in keys},
+            "head": architecture(head_extra, "lora", 0), "embed_dim": int(sf_extra["d_model"])}
+
+
 def build_servable(arch: dict[str, Any]) -> nn.Module:
     """An untrained module of the servable architecture ``arch``."""
+    if arch.get("kind") == "specformer":
+        sf = arch["specformer"]
+        h = arch["head"]
+        return SpecFormerRegressor(
+            SpecFormer(sf["npix"], sf["patch_size"], sf["patch_stride"], sf["d_model"],
+                       sf["n_layers"], sf["n_heads"]),
+            SpectrumMLP(h["n_in"], h["hidden"], h["n_labels"], h["dropout"]),
+            torch.zeros(arch["embed_dim"]), torch.ones(arch["embed_dim"]))
     base = SpectrumMLP(arch["n_in"], arch["hidden"], arch["n_labels"], arch["dropout"])
     if arch.get("adapter_width"):
         return ResidualAdapter(base, arch["adapter_width"])

@@ -8,13 +8,21 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-_MPI_LAUNCH_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
-                    "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS")
+_MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+_MPI_RANK_VARS = ("PMI_RANK", "PMIX_RANK")
 
 
 def launched_under_mpi() -> bool:
-    """True if this process looks like one of several started by mpiexec/srun."""
-    return any(v in os.environ for v in _MPI_LAUNCH_VARS)
+    """True if this process looks like one of several started by mpiexec/srun.
+
+    A launch of a single task (``srun -n 1``, as Snakemake's SLURM job step wraps plain rules,
+    or ``mpiexec -n 1``) does not count: one rank needs no MPI, and initialising it there can
+    fail when the launcher's PMI flavour differs from the MPI library's.
+    """
+    sizes = [os.environ[v] for v in _MPI_SIZE_VARS if v in os.environ]
+    if sizes:
+        return any(s.strip().isdigit() and int(s) > 1 for s in sizes)
+    return any(v in os.environ for v in _MPI_RANK_VARS)
 
 
 def get_comm(use_mpi: bool | None = None) -> Any | None:

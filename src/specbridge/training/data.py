@@ -52,7 +52,9 @@ class LabelledShards:
         self.shards = read_index(index)
         self.cols = [LABEL_NAMES.index(lab) for lab in labels]
         self.with_ivar = with_ivar
-        self.feature = feature  # "flux" (spectra shards) or "embedding" (embedding shards)
+        # "flux": network input (normalised flux - 1); "spectrum": (n, 2, npix) flux and ivar;
+        # "embedding": SpecFormer embeddings (embedding shards)
+        self.feature = feature
         bad = flags.FATAL_MASK
         if require_labels:
             bad |= flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
@@ -95,8 +97,11 @@ class LabelledShards:
                     "e": d["label_errors"][:, self.cols]}
         d = read_shard(self.shards[k]["path"], ("flux", "ivar", "labels", "label_errors"),
                        rows=rows)
-        out = {"x": network_input(d["flux"], d["ivar"]), "y": d["labels"][:, self.cols],
-               "e": d["label_errors"][:, self.cols]}
+        if self.feature == "spectrum":  # raw flux and ivar, for the SpecFormer
+            x = np.stack([d["flux"], d["ivar"]], axis=1).astype(np.float32)
+        else:
+            x = network_input(d["flux"], d["ivar"])
+        out = {"x": x, "y": d["labels"][:, self.cols], "e": d["label_errors"][:, self.cols]}
         if self.with_ivar:
             out["flux"] = d["flux"].astype(np.float32)
             out["ivar"] = d["ivar"].astype(np.float32)
