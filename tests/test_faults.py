@@ -103,3 +103,21 @@ def test_training_killed_mid_epoch_then_resumed(transfer_run, tmp_path, tool_env
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert a["val_robust_sigma"] == b["val_robust_sigma"]
+
+
+def test_stale_checkpoint_from_other_settings_is_not_resumed(transfer_run, tmp_path, tool_env):
+    """A rerun after a config change (here the learning rate) starts afresh instead of resuming
+    (or crashing on) the previous settings' last.pt."""
+    def cmd(lr):
+        cfg = tmp_path / f"c{lr}.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "models": {"mlp": {"hidden": [32], "dropout": 0.0}},
+            "training": {"batch_size": 32, "epochs": 2, "lr": lr, "val_fraction": 0.15}}))
+        return ["specbridge", "pretrain", "--config", str(cfg), "--model", "mlp", "--spectra",
+                str(transfer_run["index"]["lamost"]), "--output", str(tmp_path / "m.pt")]
+
+    _run(cmd(1e-3), tool_env)
+    r = _run(cmd(2e-3), tool_env)
+    assert "ignoring" in r.stderr and "resumed from" not in r.stderr
+    r = _run(cmd(2e-3), tool_env)  # same settings again: resumes (nothing left to train)
+    assert "resumed from" in r.stderr

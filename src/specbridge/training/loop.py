@@ -81,6 +81,19 @@ def save_checkpoint(path: Path, model: nn.Module, opt, sched, state: LoopState,
         torch.save(blob, tmp)
 
 
+def resume_key(model: nn.Module, settings: LoopSettings, extra: dict[str, Any]) -> str:
+    """A digest of what a checkpoint must match to be resumed: the loop settings, the names,
+    shapes and trainability of the parameters, and the caller's ``extra``."""
+    import hashlib
+    import json
+
+    params = [(n, list(p.shape), p.requires_grad) for n, p in model.named_parameters()]
+    blob = json.dumps({"settings": settings.__dict__, "params": params,
+                       "extra": {k: str(v) for k, v in sorted(extra.items())}},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Tensor, int]],
           train_batches: Callable[[int], Iterable[Any]],
           validate: Callable[[nn.Module], float], settings: LoopSettings, workdir: str | Path,
@@ -109,8 +122,14 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
     sched = make_scheduler(opt, settings)
     state = LoopState()
     last = workdir / "last.pt"
-    if last.exists():
-        blob = torch.load(last, map_location="cpu", weights_only=False)
+    key = resume_key(raw, settings, extra)
+    extra = {**extra, "resume_key": key}
+    blob = torch.load(last, map_location="cpu", weights_only=False) if last.exists() else None
+    if blob is not None and blob["extra"].get("resume_key") != key:
+        log.warning("ignoring %s: written for other settings or another model (fresh start)",
+                    last)
+        blob = None
+    if blob is not None:
         raw.load_state_dict(blob["model"])
         opt.load_state_dict(blob["optimizer"])
         sched.load_state_dict(blob["scheduler"])
