@@ -43,10 +43,10 @@ def per_core_throughput(results: Path) -> None:
     cands = load_candidates(cks)
     shards = paired_shards(results / "preprocessed" / "desi" / "index.h5",
                            results / "embeddings" / "desi" / "index.h5")
-    d = read_inputs(shards[0], {"flux", "embedding"})
+    d = read_inputs(shards[0], {"flux", "embedding", "spectrum"})
     n = int(d["usable"].sum())
     print(f"one shard: {d['specid'].size} spectra, {n} usable; 1 thread")
-    for kind in ("mlp_zeroshot", "mlp_adapter", "emb_mlp_lora"):
+    for kind in ("mlp_zeroshot", "mlp_adapter", "emb_mlp_lora", "specformer_lora"):
         c = next(c for c in cands if c.name == kind)
         predict_all([c], d, 1024)  # warm-up
         t0 = time.perf_counter()
@@ -128,12 +128,15 @@ def main(argv=None) -> int:
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/specbridge-bench-infer"))
     ap.add_argument("--keep", action="store_true", help="keep the replicated shards")
+    ap.add_argument("--exclude", nargs="*", default=[],
+                    help="candidates left out of the survey-scale run (e.g. specformer_lora)")
     args = ap.parse_args(argv)
     res = args.results
     per_core_throughput(res)
     shutil.rmtree(args.workdir, ignore_errors=True)
     spectra, embs, manifest = replicate(res, args.workdir, args.n)
-    cks = [str(p) for p in sorted((res / "models").glob("*/finetuned_*.pt"))]
+    cks = [str(p) for p in sorted((res / "models").glob("*/finetuned_*.pt"))
+           if f"{p.parent.name}_{p.stem.split('_', 1)[1]}" not in args.exclude]
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
     cfg = str(res / "config" / "resolved.yaml")
@@ -143,6 +146,14 @@ def main(argv=None) -> int:
            str(res / "evaluation" / "selection.ecsv"), "--spectra", str(spectra),
            "--embeddings", str(embs), "--output", str(out)]
     t0 = time.monotonic()
+    sel = str(res / "evaluation" / "selection.ecsv")
+    if args.exclude:  # route among the candidates kept: the selection made without the others
+        from astropy.table import Table
+
+        t = Table.read(sel)
+        names = {f"{Path(c).parent.name}_{Path(c).stem.split('_', 1)[1]}" for c in cks}
+        if not set(t["candidate"]) <= names:
+            raise SystemExit(f"the selection uses an excluded candidate: {set(t['candidate'])}")
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     t_inf = time.monotonic() - t0
     if r.returncode:
