@@ -47,16 +47,6 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def write_predictions(path: str | Path, data: dict[str, np.ndarray], attrs: dict) -> None:
-    import h5py
-
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as h:
-        for key, v in data.items():
-            h.create_dataset(key, data=v)
-        for k, v in attrs.items():
-            h.attrs[k] = v
-
-
 def run(args: argparse.Namespace) -> int:
     from specbridge.evaluation.selection import select, selection_mapping
     from specbridge.evaluation.tables import (
@@ -67,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from specbridge.inference.predict import load_candidates, paired_shards
     from specbridge.inference.routing import route
+    from specbridge.io.shards import write_arrays
 
     cfg = config_from_args(args)
     ev, ft, inf = cfg["evaluation"], cfg["finetune"], cfg["inference"]
@@ -92,12 +83,9 @@ def run(args: argparse.Namespace) -> int:
              len(cands), n_val, n_test)
     if n_val == 0 or n_test == 0:
         raise CLIError(f"{n_val} validation / {n_test} test spectra with labels: too few")
-    common = (data["split"], data["ref"], data["ref_err"], data["snr"], labels,
-              ev["feh_threshold"], ev["snr_bins"])
-
     def rows_for(name, value, error):
-        split, ref, ref_err, snr, *rest = common
-        return metrics_rows(name, split, value, error, ref, ref_err, snr, *rest)
+        return metrics_rows(name, data["split"], value, error, data["ref"], data["ref_err"],
+                            data["snr"], labels, ev["feh_threshold"], ev["snr_bins"])
 
     rows = []
     for name in names:
@@ -122,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
             tab.write(tmp, format="ascii.ecsv")
     with atomic_output(args.summary) as tmp:
         summ.write(tmp, format="ascii.ecsv")
-    write_predictions(args.predictions, data, {"labels": labels, "candidates": names,
-                                               "feh_threshold": ev["feh_threshold"]})
+    write_arrays(args.predictions, data, {"labels": labels, "candidates": names,
+                                          "feh_threshold": ev["feh_threshold"]},
+                 data["specid"].shape[0])
     with atomic_output(args.metrics_md) as tmp:
         Path(tmp).write_text(metrics_markdown(metrics, selection, summ, labels, names, meta))
     for r in summ:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from specbridge.atomic import atomic_output
-from specbridge.cli._common import CLIError, add_config_argument, config_from_args
+from specbridge.cli._common import (
+    CLIError,
+    add_config_argument,
+    checkpoint_dir,
+    config_from_args,
+)
 
 log = logging.getLogger("specbridge.finetune")
 
@@ -19,7 +23,6 @@ log = logging.getLogger("specbridge.finetune")
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from specbridge.evaluation.metrics import robust_sigma
     from specbridge.models import SpecFormer, SpectrumMLP
     from specbridge.models.transfer import (
         SpecFormerRegressor,
@@ -32,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from specbridge.parallel.ddp import destroy_distributed, init_distributed
     from specbridge.training.data import LabelledShards
     from specbridge.training.loop import LoopSettings, train
-    from specbridge.training.supervised import mean_nll, nll_loss_sum, predict_split
+    from specbridge.training.supervised import (
+        mean_nll,
+        nll_loss_sum,
+        predict_split,
+        robust_sigma_per_label,
+    )
 
     cfg = config_from_args(args)
     ft = cfg["finetune"]
@@ -113,10 +121,8 @@ def run(args: argparse.Namespace) -> int:
             return train_set.batches(epoch, batch, cfg["seed"], env.rank, env.world_size,
                                      mean, std)
 
-        workdir = Path(args.workdir or Path(args.output).with_suffix("")).resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
         model, state = train(model, nll_loss_sum(device), train_batches, validate, settings,
-                             workdir, env, device, {"strategy": args.strategy}, log)
+                             checkpoint_dir(args), env, device, {"strategy": args.strategy}, log)
         history, best_epoch = state.history, state.best_epoch
     if env.is_main:
         model.eval()
@@ -124,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             mu, lv, y, ye = predict_split(model, val_set, mean, std, device, cfg["seed"])
             net = servable(model).cpu().eval()
         val_loss = mean_nll(mu, lv, y, ye)
-        sig = {lab: robust_sigma((mu[:, i] - y[:, i]) * std[i]) for i, lab in enumerate(labels)}
+        sig = robust_sigma_per_label(mu, y, std, labels)
         log.info("validation NLL %.4f; robust sigma %s", val_loss,
                  ", ".join(f"{k} {v:.4g}" for k, v in sig.items()))
         arch = (specformer_architecture(sf_blob["extra"], extra) if on_sf else

@@ -15,34 +15,26 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from specbridge import __version__, flags
-from specbridge.atomic import atomic_output
 from specbridge.cli._common import CLIError, add_config_argument, config_from_args
 from specbridge.config import ConfigError, config_hash
+from specbridge.digest import sha256
 from specbridge.faults import kill_point
-from specbridge.io.shards import shard_is_complete, write_index
+from specbridge.io.shards import shard_is_complete, write_arrays, write_index
 from specbridge.parallel.mpi import (
+    bcast_from_rank0,
     comm_rank_size,
     cores_per_rank,
     gather_error_counts,
     get_comm,
     rank0_logger,
     ranks_on_node,
+    run_or_abort,
 )
 from specbridge.parallel.partition import weighted_partition
 from specbridge.progress import Progress
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's content (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _prepare(args, cfg) -> dict[str, Any]:
@@ -54,7 +46,7 @@ def _prepare(args, cfg) -> dict[str, Any]:
 
     try:
         sel_table = Table.read(args.selection, format="ascii.ecsv")
-        digests = {str(p): file_digest(p) for p in args.checkpoints}
+        digests = {str(p): sha256(Path(p)) for p in args.checkpoints}
     except (OSError, ValueError) as exc:
         raise CLIError(f"cannot read the selection or the checkpoints: {exc}") from None
     try:
@@ -62,13 +54,14 @@ def _prepare(args, cfg) -> dict[str, Any]:
     except (OSError, KeyError, ValueError) as exc:
         raise CLIError(f"cannot read the spectra/embedding index: {exc}") from None
     inf = cfg["inference"]
-    routing = {"selection": sorted(selection_mapping(sel_table).items()),
+    selection = selection_mapping(sel_table)
+    routing = {"selection": sorted(selection.items()),
                "router": inf["router"], "threshold": cfg["evaluation"]["feh_threshold"],
                "blend_width": inf["blend_width"]}
     digest = hashlib.sha256(json.dumps({"checkpoints": sorted(digests.values()),
                                         "routing": routing, "version": __version__},
                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return {"shards": shards, "selection": selection_mapping(sel_table), "routing": routing,
+    return {"shards": shards, "selection": selection, "routing": routing,
             "digests": digests, "settings_hash": digest}
 
 
@@ -80,26 +73,17 @@ def main(args: argparse.Namespace | list[str] | None = None, comm: Any = None) -
         _add_arguments(parser)
         args = parser.parse_args(args)
     comm = comm if comm is not None else get_comm()
-    rank, size = comm_rank_size(comm)
     log = rank0_logger("specbridge.infer", comm)
-    cfg = plan = err = None
-    if rank == 0:
-        try:
-            cfg = config_from_args(args)
-            plan = _prepare(args, cfg)
-        except (CLIError, ConfigError) as exc:
-            err = str(exc)
-    if comm is not None:
-        cfg, plan, err = comm.bcast((cfg, plan, err), root=0)
+
+    def prepare():
+        cfg = config_from_args(args)
+        return cfg, _prepare(args, cfg)
+
+    payload, err = bcast_from_rank0(comm, prepare, (CLIError, ConfigError))
     if err is not None:
         raise CLIError(err)
-    try:
-        return _run(args, comm, cfg, plan, log)
-    except Exception:
-        if comm is not None and size > 1:
-            log.exception("rank %d failed; aborting the MPI job", rank)
-            comm.Abort(1)
-        raise
+    cfg, plan = payload
+    return run_or_abort(comm, log, _run, args, comm, cfg, plan, log)
 
 
 def predict_shard(cands, shard: dict[str, Any], labels: list[str], selection, routing,
@@ -124,17 +108,6 @@ def predict_shard(cands, shard: dict[str, Any], labels: list[str], selection, ro
               "candidate_value": np.stack([preds[n][0] for n in names]).astype(np.float32),
               "candidate_error": np.stack([preds[n][1] for n in names]).astype(np.float32)}
     return arrays, counts
-
-
-def write_prediction_shard(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
-    """One prediction shard, atomically; ``complete`` is set last."""
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as h:
-        for k, v in arrays.items():
-            h.create_dataset(k, data=v)
-        for k, v in attrs.items():
-            h.attrs[k] = v
-        h.attrs["n"] = int(arrays["specid"].shape[0])
-        h.attrs["complete"] = True
 
 
 def _run(args, comm, cfg, plan, log) -> int:
@@ -165,9 +138,9 @@ def _run(args, comm, cfg, plan, log) -> int:
             arrays, c = predict_shard(cands, s, labels, plan["selection"], plan["routing"],
                                       cfg["inference"]["batch_size"])
             counts.update(c)
-            write_prediction_shard(path, arrays, {
+            write_arrays(path, arrays, {
                 "settings_hash": plan["settings_hash"], "first_row": s["first_row"],
-                "specbridge_version": __version__})
+                "specbridge_version": __version__}, arrays["specid"].shape[0])
             t_pred += time.monotonic() - t1
             nspec += s["n"]
         else:

@@ -25,15 +25,17 @@ from specbridge import __version__, flags
 from specbridge.cli._common import CLIError, add_config_argument, config_from_args
 from specbridge.config import ConfigError, config_hash
 from specbridge.faults import kill_point
-from specbridge.io.fitsutil import FormatError
+from specbridge.io.fitsutil import FormatError, fits_text
 from specbridge.io.shards import shard_is_complete, write_index, write_shard
 from specbridge.parallel.mpi import (
+    bcast_from_rank0,
     comm_rank_size,
     cores_per_rank,
     gather_error_counts,
     get_comm,
     rank0_logger,
     ranks_on_node,
+    run_or_abort,
 )
 from specbridge.parallel.partition import weighted_partition
 from specbridge.progress import Progress
@@ -41,10 +43,6 @@ from specbridge.progress import Progress
 MANIFEST_COLUMNS = ("SURVEY", "FILE", "ROW", "SPECID", "Z", "SNR", "FLAGS", "TEFF", "TEFF_ERR",
                     "LOGG", "LOGG_ERR", "FEH", "FEH_ERR", "ALPHA_FE", "ALPHA_FE_ERR")
 LAMOST_R = 1800.0
-
-
-def _text(v) -> str:
-    return (v.decode() if isinstance(v, bytes) else str(v)).strip()
 
 
 def load_manifest_rows(path: str, chunk: int = 100_000) -> dict[str, np.ndarray]:
@@ -63,7 +61,7 @@ def load_manifest_rows(path: str, chunk: int = 100_000) -> dict[str, np.ndarray]
             for a in range(0, n, chunk):
                 col = hdu.read_column("FILE", rows=np.arange(a, min(n, a + chunk)))
                 uniq, inv = np.unique(col, return_inverse=True)
-                ids = np.array([lookup.setdefault(_text(u), len(lookup)) for u in uniq],
+                ids = np.array([lookup.setdefault(fits_text(u), len(lookup)) for u in uniq],
                                dtype=np.int32)
                 file_idx[a:a + col.size] = ids[inv]
     except (OSError, ValueError) as exc:
@@ -71,7 +69,7 @@ def load_manifest_rows(path: str, chunk: int = 100_000) -> dict[str, np.ndarray]
     files = np.array(list(lookup), dtype=object)
     labels = np.column_stack([t[c] for c in ("TEFF", "LOGG", "FEH", "ALPHA_FE")])
     errors = np.column_stack([t[f"{c}_ERR"] for c in ("TEFF", "LOGG", "FEH", "ALPHA_FE")])
-    s0 = _text(survey[0])
+    s0 = fits_text(survey[0])
     return {"files": files, "file_idx": file_idx,
             "row": t["ROW"].astype(np.int32), "specid": t["SPECID"].astype(np.int64),
             "z": t["Z"].astype(np.float64), "snr": t["SNR"].astype(np.float32),
@@ -227,29 +225,16 @@ def main(args: argparse.Namespace | list[str] | None = None, comm: Any = None) -
         _add_arguments(parser)
         args = parser.parse_args(args)
     comm = comm if comm is not None else get_comm()
-    rank, size = comm_rank_size(comm)
     log = rank0_logger("specbridge.preprocess", comm)
     t0 = time.monotonic()
-    # rank 0 reads and broadcasts; a failure there is broadcast too, so that every rank stops
-    # with the same clear message instead of waiting forever
-    cfg = m = err = None
-    if rank == 0:
-        try:
-            cfg = config_from_args(args)
-            m = load_manifest_rows(args.manifest)
-        except (CLIError, ConfigError) as exc:
-            err = str(exc)
-    if comm is not None:
-        cfg, m, err = comm.bcast((cfg, m, err), root=0)
+    # rank 0 reads and broadcasts (a failure there too, as one message for every rank)
+    payload, err = bcast_from_rank0(
+        comm, lambda: (config_from_args(args), load_manifest_rows(args.manifest)),
+        (CLIError, ConfigError))
     if err is not None:
         raise CLIError(err)
-    try:
-        return _run(args, comm, cfg, m, log, t0)
-    except Exception:
-        if comm is not None and size > 1:
-            log.exception("rank %d failed; aborting the MPI job", rank)
-            comm.Abort(1)
-        raise
+    cfg, m = payload
+    return run_or_abort(comm, log, _run, args, comm, cfg, m, log, t0)
 
 
 def _run(args, comm, cfg, m, log, t0) -> int:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from specbridge.atomic import atomic_output
-from specbridge.cli._common import add_config_argument, config_from_args
+from specbridge.cli._common import add_config_argument, checkpoint_dir, config_from_args
 
 log = logging.getLogger("specbridge.pretrain")
 
@@ -30,13 +29,6 @@ def _setup(args: argparse.Namespace):
     return cfg, env, device
 
 
-def _workdir(args: argparse.Namespace) -> Path:
-    """Where the resumable checkpoints go (default: beside --output)."""
-    workdir = Path(args.workdir or Path(args.output).with_suffix("")).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    return workdir
-
-
 def run(args: argparse.Namespace) -> int:
     if args.model == "specformer":
         return run_specformer(args)
@@ -45,12 +37,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import torch
 
-    from specbridge.evaluation.metrics import robust_sigma
     from specbridge.models import SpectrumMLP
     from specbridge.parallel.ddp import destroy_distributed
     from specbridge.training.data import LabelledShards
     from specbridge.training.loop import LoopSettings, train
-    from specbridge.training.supervised import mean_nll, nll_loss_sum, predict_split
+    from specbridge.training.supervised import (
+        mean_nll,
+        nll_loss_sum,
+        predict_split,
+        robust_sigma_per_label,
+    )
 
     cfg, env, device = _setup(args)
     tr = cfg["training"]
@@ -87,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     def validate(net):
         return mean_nll(*predict_split(net, val_set, mean, std, device, cfg["seed"]))
 
-    workdir = _workdir(args)
+    workdir = checkpoint_dir(args)
     extra = {"labels": labels, "label_mean": mean, "label_std": std, "model": args.model,
              "hidden": list(mc["hidden"]), "dropout": mc["dropout"], "npix": npix}
     model, state = train(model, loss_sum, train_batches, validate,
@@ -97,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
         model.eval()
         with torch.no_grad():
             mu, _, y, _ = predict_split(model, val_set, mean, std, device, cfg["seed"])
-        sig = {lab: robust_sigma((mu[:, i] - y[:, i]) * std[i]) for i, lab in
-               enumerate(labels)}
+        sig = robust_sigma_per_label(mu, y, std, labels)
         spread = {lab: float(np.nanstd(y[:, i] * std[i])) for i, lab in enumerate(labels)}
         for lab in labels:
             log.info("validation robust sigma %-8s %.4g (label spread %.4g)", lab, sig[lab],
@@ -167,7 +162,7 @@ def run_specformer(args: argparse.Namespace) -> int:
         last_baseline["value"] = base / max(n, 1)
         return tot / max(n, 1)
 
-    workdir = _workdir(args)
+    workdir = checkpoint_dir(args)
     extra = {"model": "specformer", "npix": npix, **{k: sc[k] for k in sc}}
     model, state = train(model, loss_sum, train_batches, validate,
                          LoopSettings.from_config(tr, cfg["seed"]), workdir, env, device,

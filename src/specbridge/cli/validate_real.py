@@ -35,15 +35,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from astropy.table import Table
 
-    from specbridge import flags
     from specbridge.cli import preprocess
     from specbridge.evaluation.metrics import residual_metrics
-    from specbridge.inference.predict import Candidate, predict
+    from specbridge.inference.predict import Candidate, predict, read_inputs
     from specbridge.io.labels import read_label_table
     from specbridge.io.manifest import build_manifest, write_manifest
-    from specbridge.io.shards import LABEL_NAMES, ROW_FIELDS, read_index, read_shard
+    from specbridge.io.shards import LABEL_NAMES, read_index
     from specbridge.models import SpectrumMLP
-    from specbridge.training.data import network_input
 
     cfg = config_from_args(args)
     s = real_set(cfg, args.set)
@@ -66,9 +64,8 @@ def run(args: argparse.Namespace) -> int:
                      str(args.model))
     parts = []
     for sh in read_index(work / "preprocessed" / "index.h5"):
-        d = read_shard(sh["path"], ("flux", "ivar") + ROW_FIELDS)
-        usable = ~flags.is_fatal(d["flags"]) & ((d["ivar"] > 0).sum(1) > 0)
-        v, e = predict(cand, network_input(d["flux"], d["ivar"]), usable)
+        d = read_inputs(sh, {"flux"})
+        v, e = predict(cand, d["flux"], d["usable"])
         parts.append((d, v, e))
     labs = cand.labels
     cols = [LABEL_NAMES.index(lab) for lab in labs]

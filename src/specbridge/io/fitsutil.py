@@ -20,6 +20,11 @@ class FormatError(ValueError):
         self.flag = flag
 
 
+def fits_text(v) -> str:
+    """A FITS string value (bytes or str, space-padded) as a stripped str."""
+    return (v.decode() if isinstance(v, bytes) else str(v)).strip()
+
+
 def open_fits(path: str | Path) -> fitsio.FITS:
     """Open a FITS file read-only (gzip allowed), turning every failure into a FormatError."""
     path = str(path)

@@ -55,18 +55,26 @@ def write_shard(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[str
         h.attrs["complete"] = True
 
 
+def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
+                 n: int) -> None:
+    """One dataset per array and ``attrs``, written atomically; ``n`` (rows) and
+    ``complete = True`` are set last, so shard_is_complete can trust them."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as h:
+        for name, a in arrays.items():
+            h.create_dataset(name, data=a)
+        for k, v in attrs.items():
+            h.attrs[k] = v
+        h.attrs["n"] = int(n)
+        h.attrs["complete"] = True
+
+
 def write_embedding_shard(path: str | Path, arrays: dict[str, np.ndarray],
                           attrs: dict[str, Any]) -> None:
     """A shard of SpecFormer embeddings: ``embedding`` f4 (n, d) plus the row fields of the
     spectra shard it was made from; written atomically, ``complete`` last."""
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as h:
-        h.create_dataset("embedding", data=arrays["embedding"].astype(np.float32, copy=False))
-        for name in ROW_FIELDS:
-            h.create_dataset(name, data=arrays[name])
-        for k, v in attrs.items():
-            h.attrs[k] = v
-        h.attrs["n"] = int(arrays["embedding"].shape[0])
-        h.attrs["complete"] = True
+    emb = arrays["embedding"].astype(np.float32, copy=False)
+    write_arrays(path, {"embedding": emb, **{f: arrays[f] for f in ROW_FIELDS}}, attrs,
+                 emb.shape[0])
 
 
 def shard_is_complete(path: str | Path, n: int, settings_hash: str) -> bool:

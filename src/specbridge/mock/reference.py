@@ -18,7 +18,6 @@ wherever they come from.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import subprocess
@@ -27,6 +26,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from specbridge.digest import sha256
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,6 @@ SOURCES: dict[str, ReferenceSource] = {
 
 class ReferenceDataError(RuntimeError):
     """Reference data missing, unobtainable or corrupt."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _verify(kind: str, folder: Path) -> None:

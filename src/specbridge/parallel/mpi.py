@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
@@ -103,3 +103,33 @@ def gather_error_counts(comm: Any | None, counts: Mapping[str, int]) -> dict[str
     for c in gathered:
         total.update(c)
     return dict(sorted(total.items()))
+
+
+def bcast_from_rank0(comm: Any | None, prepare: Callable[[], Any],
+                     errors: tuple[type[BaseException], ...]) -> tuple[Any, str | None]:
+    """Run ``prepare()`` on rank 0 only and broadcast (its result, None), or (None, the message)
+    when it raised one of ``errors``: every rank then stops with the same message instead of
+    waiting forever in a broadcast that rank 0 never reaches."""
+    payload = err = None
+    if comm_rank_size(comm)[0] == 0:
+        try:
+            payload = prepare()
+        except errors as exc:
+            err = str(exc)
+    if comm is not None:
+        payload, err = comm.bcast((payload, err), root=0)
+    return payload, err
+
+
+def run_or_abort(comm: Any | None, log: logging.Logger, func: Callable[..., Any],
+                 *args: Any) -> Any:
+    """``func(*args)``; an exception on one rank of several aborts the whole MPI job (the
+    others would block in their next collective call)."""
+    try:
+        return func(*args)
+    except Exception:
+        rank, size = comm_rank_size(comm)
+        if size > 1:
+            log.exception("rank %d failed; aborting the MPI job", rank)
+            comm.Abort(1)
+        raise

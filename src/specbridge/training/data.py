@@ -60,7 +60,7 @@ class LabelledShards:
             bad |= flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
         self.rows: list[np.ndarray] = []
         kept_labels: list[np.ndarray] = []
-        kept_ids: list[np.ndarray] = []
+        subset_keys: list[np.ndarray] = []  # second ID hash, for max_rows
         for s in self.shards:
             d = read_shard(s["path"], ("specid", "flags", "labels"))
             lab = d["labels"][:, self.cols]
@@ -70,16 +70,13 @@ class LabelledShards:
             keep &= assign_split(d["specid"], val_fraction, test_fraction) == SPLIT_CODES[split]
             self.rows.append(np.flatnonzero(keep))
             kept_labels.append(lab[keep])
-            kept_ids.append(d["specid"][keep])
+            if max_rows is not None:
+                subset_keys.append(split_fraction(d["specid"][keep], salt=1))
         if max_rows is not None and sum(r.size for r in self.rows) > max_rows:
-            key = np.concatenate([split_fraction(i, salt=1) for i in kept_ids])
-            cut = np.sort(key)[max_rows - 1]
-            for k, ids in enumerate(kept_ids):
-                sel = split_fraction(ids, salt=1) <= cut
-                self.rows[k] = self.rows[k][sel]
-                kept_labels[k] = kept_labels[k][sel]
-                kept_ids[k] = ids[sel]
-        self.specid = np.concatenate(kept_ids) if kept_ids else np.zeros(0, np.int64)
+            cut = np.sort(np.concatenate(subset_keys))[max_rows - 1]
+            for k, key in enumerate(subset_keys):
+                self.rows[k] = self.rows[k][key <= cut]
+                kept_labels[k] = kept_labels[k][key <= cut]
         self.n = int(sum(r.size for r in self.rows))
         self._labels = np.concatenate(kept_labels).astype(np.float64) if kept_labels else \
             np.zeros((0, len(self.cols)))

@@ -45,6 +45,15 @@ def predict_split(net: nn.Module, ds: LabelledShards, mean: np.ndarray, std: np.
                  for o in out)  # type: ignore[return-value]
 
 
+def robust_sigma_per_label(mu: np.ndarray, y: np.ndarray, std: np.ndarray,
+                           labels: list[str]) -> dict[str, float]:
+    """Robust sigma of (prediction - label) per label in physical units; mu, y: (n, n_labels)
+    standardised, std: (n_labels,) the standardisation scale."""
+    from specbridge.evaluation.metrics import robust_sigma
+
+    return {lab: robust_sigma((mu[:, i] - y[:, i]) * std[i]) for i, lab in enumerate(labels)}
+
+
 def mean_nll(mu: np.ndarray, log_var: np.ndarray, y: np.ndarray, y_err: np.ndarray) -> float:
     """Mean Gaussian NLL over finite labels (all arrays (n, n_labels), standardised)."""
     s, n = gaussian_nll_sum(torch.from_numpy(mu), torch.from_numpy(log_var),

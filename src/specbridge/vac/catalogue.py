@@ -19,6 +19,7 @@ import numpy as np
 
 from specbridge import __version__, flags
 from specbridge.atomic import atomic_output
+from specbridge.io.fitsutil import fits_text
 from specbridge.io.shards import read_index, read_shard
 from specbridge.vac.healpix import ang2pix_nest
 
@@ -87,10 +88,6 @@ def _table(columns, n: int) -> np.ndarray:
     return t
 
 
-def _text(v) -> str:
-    return (v.decode() if isinstance(v, bytes) else str(v)).strip()
-
-
 def _read_manifest(path: str | Path, chunk: int = 200_000) -> dict[str, np.ndarray]:
     cols = ["SPECID", "RA", "DEC", "GAIA_ID", "OBJTYPE", "Z", "ZERR", "ZWARN", "CLASS", "ROW",
             "FLAGS", "FLAG_REASON"]
@@ -101,7 +98,7 @@ def _read_manifest(path: str | Path, chunk: int = 200_000) -> dict[str, np.ndarr
         files = np.empty(n, "S96")
         for a in range(0, n, chunk):  # the 256-byte FILE column, a chunk at a time
             col = hdu.read_column("FILE", rows=np.arange(a, min(n, a + chunk)))
-            files[a:a + chunk] = [Path(_text(v)).name[:96].encode() for v in col]
+            files[a:a + chunk] = [Path(fits_text(v)).name[:96].encode() for v in col]
     out = {c: data[c] for c in cols}
     out["FILE"] = files
     return out
@@ -120,6 +117,7 @@ def build_catalogue(predictions: str | Path, manifest: str | Path) -> dict[str, 
     candt = _table(candidate_columns(labels, cands), n)
     fib = _table(FIBERMAP_COLUMNS, n)
     seen = np.zeros(n, bool)
+    names = np.array([c.encode() for c in cands] + [b""], f"S{SOURCE_LEN}")  # -1 -> b""
     for s in read_index(predictions):
         d = read_shard(s["path"], ("manifest_row", "specid", "flags", "snr", "value", "error",
                                    "regime", "served", "candidate_value", "candidate_error"))
@@ -132,11 +130,10 @@ def build_catalogue(predictions: str | Path, manifest: str | Path) -> dict[str, 
         params["FLAGS"][r] = d["flags"]
         params["SNR"][r] = d["snr"]
         params["REGIME"][r] = d["regime"]
-        names = np.array([c.encode() for c in cands] + [b""], f"S{SOURCE_LEN}")
         for i, lab in enumerate(labels):
             params[lab.upper()][r] = d["value"][:, i]
             params[f"{lab.upper()}_ERR"][r] = d["error"][:, i]
-            params[f"{lab.upper()}_SOURCE"][r] = names[d["served"][:, i]]  # -1 -> b""
+            params[f"{lab.upper()}_SOURCE"][r] = names[d["served"][:, i]]
             for k, c in enumerate(cands):
                 candt[f"{c}_{lab}".upper()][r] = d["candidate_value"][k, :, i]
                 candt[f"{c}_{lab}_ERR".upper()][r] = d["candidate_error"][k, :, i]
@@ -146,9 +143,10 @@ def build_catalogue(predictions: str | Path, manifest: str | Path) -> dict[str, 
     params["SNR"][missing] = np.nan
     for t in (params, candt, fib):
         t["TARGETID"] = m["SPECID"]
-    params["FLAG_REASON"] = [_text(v)[:128].encode() for v in m["FLAG_REASON"]]
-    params["FLAG_NAMES"] = [",".join(flags.names(int(v)))[:96].encode()
-                            for v in params["FLAGS"]]
+    params["FLAG_REASON"] = [fits_text(v)[:128].encode() for v in m["FLAG_REASON"]]
+    values, inverse = np.unique(params["FLAGS"], return_inverse=True)
+    decoded = np.array([",".join(flags.names(int(v)))[:96].encode() for v in values], "S96")
+    params["FLAG_NAMES"] = decoded[inverse.ravel()]
     for a, b in (("TARGET_RA", "RA"), ("TARGET_DEC", "DEC"), ("GAIA_ID", "GAIA_ID"),
                  ("OBJTYPE", "OBJTYPE"), ("Z", "Z"), ("ZERR", "ZERR"), ("ZWARN", "ZWARN"),
                  ("SPECTYPE", "CLASS"), ("FILE", "FILE"), ("ROW", "ROW")):
