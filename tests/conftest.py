@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +119,7 @@ def transfer_run(small_mock, tmp_path_factory, tool_env):
     """Preprocessed mock LAMOST + DESI, a small pretrained MLP, and all four candidates."""
     from specbridge.io.labels import read_apogee_allstar
     from specbridge.io.manifest import build_manifest, write_manifest
+    from specbridge.models.checkpoint import load_checkpoint
     from specbridge.models.transfer import STRATEGIES
 
     d = tmp_path_factory.mktemp("transfer")
@@ -151,4 +151,4 @@ def transfer_run(small_mock, tmp_path_factory, tool_env):
                         "--spectra", index["desi"],
               "--output", cands[s]], tool_env)
     return {"dir": d, "config": d / "config.yaml", "index": index, "cands": cands,
-            "pretrained": torch.load(d / "pretrained.pt", weights_only=False)}
+            "pretrained": {"model": load_checkpoint(d / "pretrained.pt").state_dict}}

@@ -14,6 +14,7 @@ import yaml
 
 from specbridge.io.manifest import build_manifest, write_manifest
 from specbridge.io.shards import read_index
+from specbridge.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.mpi
 
@@ -97,12 +98,13 @@ def test_training_killed_mid_epoch_then_resumed(transfer_run, tmp_path, tool_env
     assert r.returncode != 0 and not (tmp_path / "killed.pt").exists()
     r = _run(cmd("killed.pt"), tool_env)
     assert "resumed from" in r.stderr and "after epoch 1" in r.stderr
-    a = torch.load(tmp_path / "ref.pt", weights_only=False)
-    b = torch.load(tmp_path / "killed.pt", weights_only=False)
-    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    assert a["val_robust_sigma"] == b["val_robust_sigma"]
+    a = load_checkpoint(tmp_path / "ref.pt")
+    b = load_checkpoint(tmp_path / "killed.pt")
+    assert [h["val_loss"] for h in a.meta["history"]] == [h["val_loss"]
+                                                          for h in b.meta["history"]]
+    for k, v in a.state_dict.items():
+        assert torch.equal(v, b.state_dict[k]), k
+    assert a.meta["val_robust_sigma"] == b.meta["val_robust_sigma"]
 
 
 def test_stale_checkpoint_from_other_settings_is_not_resumed(transfer_run, tmp_path, tool_env):

@@ -8,10 +8,10 @@ import subprocess
 import fitsio
 import numpy as np
 import pytest
-import torch
 
 from specbridge import flags
 from specbridge.io.manifest import build_manifest, read_manifest
+from specbridge.models.checkpoint import Checkpoint, save_checkpoint
 
 
 def _cli(args, env):
@@ -58,7 +58,7 @@ def test_wrong_checkpoints_and_inputs_are_clear_errors(transfer_run, tmp_path, t
               "--predictions", tmp_path / "p.h5"], tool_env)
     assert r.returncode == 2 and "not a fine-tuned candidate checkpoint" in r.stderr
     # a SpecFormer checkpoint handed to fine-tuning of the MLP
-    torch.save({"model": {}, "extra": {"model": "specformer"}}, tmp_path / "sf.pt")
+    save_checkpoint(tmp_path / "sf.pt", Checkpoint("specformer", {}, {}, {}))
     r = _cli(["finetune", "--config", cfg, "--model", "mlp", "--strategy", "full",
               "--pretrained", tmp_path / "sf.pt", "--spectra", desi, "--output",
               tmp_path / "o.pt"], tool_env)

@@ -127,6 +127,38 @@ def test_gaia_id_match_wins_over_position(shared_data, tmp_path):
     assert (rows["LABEL_ID"] != "").sum() == 1
 
 
+def test_dr1_pilot_manifest(shared_data, repo, tmp_path):
+    """The 2011 pilot files (third image row not wavelengths) with their DR1 catalogue labels,
+    through the config's real_validation entry: every labelled star usable, flag carried."""
+    import yaml
+
+    entry = next(s for s in yaml.safe_load((repo / "config.yaml").read_text())
+                 ["real_validation"] if s["name"] == "dr1_pilot")
+    folder = shared_data / "lamost" / "dr1_pilot"
+    files = sorted(str(p) for p in folder.glob("*.fits"))
+    table = entry["labels"].replace("{reference_data}", str(shared_data))
+    with open(table) as fh:
+        truth = {r["filename"]: r for r in csv.DictReader(fh)}
+    rows = build_manifest("lamost", files, labels=read_label_table(table, entry["columns"]))
+    assert rows.size == 176 and len(truth) == 131
+    assert not flags.is_fatal(rows["FLAGS"]).any(), set(rows["FLAG_REASON"])
+    wfh = flags.flag("WAVE_FROM_HEADER")
+    assert np.all(rows["FLAGS"] & wfh)
+    assert np.all(rows["NPIX"] == 3904) and np.all(rows["WAVE_MIN"].round(1) == 3700.0)
+    matched = rows["LABEL_ID"] != ""
+    assert matched.sum() >= len(truth)
+    for r in rows[matched]:
+        t = truth[Path(r["FILE"]).name]
+        assert r["MATCH_METHOD"] == "file" and r["LABEL_ID"] == t["obsid"]
+        assert r["TEFF"] == pytest.approx(float(t["teff"]), rel=1e-6)
+        assert r["FEH_ERR"] == pytest.approx(float(t["feh_err"]), rel=1e-5)
+        assert r["SNR"] > 1
+    # no OBSID in the 2011 headers: synthetic IDs, never duplicates
+    assert np.all(rows["SPECID"] < 0) and np.all(rows["FLAGS"] & flags.flag("NO_ID"))
+    write_manifest(tmp_path / "m.fits", rows)
+    assert np.all(read_manifest(tmp_path / "m.fits")["FLAGS"] & wfh)
+
+
 # ---- the corrupt-file corpus, derived from the real files ------------------------------------
 
 def _corpus(shared_data: Path, d: Path) -> dict[str, tuple[str, str, str]]:
@@ -172,7 +204,13 @@ def _corpus(shared_data: Path, d: Path) -> dict[str, tuple[str, str, str]]:
                  zero_ivar, header=hdr, clobber=True)
     red = data.copy()
     red[2, :] = red[2, :] * 1.6  # 5900-14500 A: misses 4000-5600 A
+    red_hdr = fitsio.FITSHDR(hdr.records())  # the header grid says the same (else not trusted)
+    for key in ("COEFF0", "CRVAL1"):
+        red_hdr[key] = hdr[key] + np.log10(1.6)
     fitsio.write(str(add("red_only.fits", "lamost", "NO_COVERAGE", "miss the grid range")), red,
+                 header=red_hdr, clobber=True)
+    # a wavelength row that disagrees with COEFF0/COEFF1 (here 1.6x): the header grid is used
+    fitsio.write(str(add("row_off_header.fits", "lamost", "WAVE_FROM_HEADER", "")), red,
                  header=hdr, clobber=True)
     # DESI: drop B_FLUX; FLUX/IVAR shape mismatch; NaN-filled B_FLUX
     with fitsio.FITS(str(coadd)) as src:

@@ -78,6 +78,7 @@ def test_training_ddp_under_srun_matches_one_rank(slurm_cluster, small_mock, tmp
 
     from specbridge.io.labels import read_apogee_allstar
     from specbridge.io.manifest import build_manifest, write_manifest
+    from specbridge.models.checkpoint import load_checkpoint
 
     rows = build_manifest("lamost", small_mock["lamost"][:300],
                           labels=read_apogee_allstar(small_mock["labels"]))
@@ -103,11 +104,11 @@ def test_training_ddp_under_srun_matches_one_rank(slurm_cluster, small_mock, tmp
                          text=True, env=tool_env, timeout=600)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
     assert "2 rank(s)" in two.stderr  # one DDP job of two ranks, not two lone processes
-    a = torch.load(tmp_path / "one.pt", weights_only=False)
-    b = torch.load(tmp_path / "two.pt", weights_only=False)
-    for k, v in a["model"].items():
+    a = load_checkpoint(tmp_path / "one.pt")
+    b = load_checkpoint(tmp_path / "two.pt")
+    for k, v in a.state_dict.items():
         if v.dtype.is_floating_point:
-            torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+            torch.testing.assert_close(b.state_dict[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
 SMALL_PIPELINE = {

@@ -15,6 +15,7 @@ import yaml
 from specbridge.evaluation.metrics import robust_sigma
 from specbridge.io.labels import read_apogee_allstar
 from specbridge.io.manifest import build_manifest, write_manifest
+from specbridge.models.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +60,13 @@ def test_two_ranks_reproduce_one_rank(lamost_index, tmp_path, tool_env, mpiexec)
     _finish(_pretrain(cfg, lamost_index, tmp_path / "one.pt", tool_env))
     _finish(_pretrain(cfg, lamost_index, tmp_path / "two.pt", tool_env,
                       (mpiexec, "-n", "2")))
-    a = torch.load(tmp_path / "one.pt", weights_only=False)
-    b = torch.load(tmp_path / "two.pt", weights_only=False)
-    assert [h["val_loss"] for h in a["history"]] == pytest.approx(
-        [h["val_loss"] for h in b["history"]], rel=1e-4)
-    for k, v in a["model"].items():
+    a = load_checkpoint(tmp_path / "one.pt")
+    b = load_checkpoint(tmp_path / "two.pt")
+    assert [h["val_loss"] for h in a.meta["history"]] == pytest.approx(
+        [h["val_loss"] for h in b.meta["history"]], rel=1e-4)
+    for k, v in a.state_dict.items():
         if v.dtype.is_floating_point:
-            torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+            torch.testing.assert_close(b.state_dict[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_killed_job_resumes_to_the_same_result(lamost_index, tmp_path, tool_env):
@@ -81,18 +82,18 @@ def test_killed_job_resumes_to_the_same_result(lamost_index, tmp_path, tool_env)
     p.wait()
     assert not out.exists() and last.exists()
     _finish(_pretrain(cfg, lamost_index, out, tool_env))
-    a = torch.load(tmp_path / "ref.pt", weights_only=False)
-    b = torch.load(out, weights_only=False)
-    assert [h["val_loss"] for h in a["history"]] == pytest.approx(
-        [h["val_loss"] for h in b["history"]], rel=1e-6)
-    for k, v in a["model"].items():
-        torch.testing.assert_close(b["model"][k], v, msg=k)
+    a = load_checkpoint(tmp_path / "ref.pt")
+    b = load_checkpoint(out)
+    assert [h["val_loss"] for h in a.meta["history"]] == pytest.approx(
+        [h["val_loss"] for h in b.meta["history"]], rel=1e-6)
+    for k, v in a.state_dict.items():
+        torch.testing.assert_close(b.state_dict[k], v, msg=k)
 
 
 def test_mlp_learns_the_labels(lamost_index, tmp_path, tool_env):
     cfg = _config(tmp_path, epochs=15)
     _finish(_pretrain(cfg, lamost_index, tmp_path / "m.pt", tool_env))
-    ck = torch.load(tmp_path / "m.pt", weights_only=False)
+    ck = load_checkpoint(tmp_path / "m.pt").meta
     for lab, sig in ck["val_robust_sigma"].items():
         # far below the spread of the labels (robust sigma / std; measured ~0.2-0.5)
         assert sig < 0.6 * ck["val_label_spread"][lab], (lab, sig)
@@ -118,7 +119,7 @@ def test_specformer_learns_masked_reconstruction(lamost_index, tmp_path, tool_en
                            str(tmp_path / "sf.pt")], capture_output=True, text=True,
                           env=tool_env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ck = torch.load(tmp_path / "sf.pt", weights_only=False)
+    ck = load_checkpoint(tmp_path / "sf.pt", ("specformer",)).meta
     # well below predicting each masked patch by its own (true) mean; measured ~0.3-0.5
     assert ck["val_loss"] < 0.7 * ck["val_patch_mean_loss"], (ck["val_loss"],
                                                               ck["val_patch_mean_loss"])
@@ -153,6 +154,6 @@ def test_embeddings_and_embedding_mlp(lamost_index, tmp_path, tool_env, mpiexec)
     assert np.isfinite(e).all() and abs(e.mean()) < 0.3 and 0.5 < e.std() < 1.5
     run("specbridge", "pretrain", "--model", "emb_mlp", "--spectra", str(lamost_index),
         "--embeddings", str(emb), "--output", str(tmp_path / "emb_mlp.pt"))
-    ck = torch.load(tmp_path / "emb_mlp.pt", weights_only=False)
+    ck = load_checkpoint(tmp_path / "emb_mlp.pt", ("emb_mlp",)).meta
     for lab in ("teff", "feh"):
         assert ck["val_robust_sigma"][lab] < 0.8 * ck["val_label_spread"][lab], ck

@@ -147,7 +147,12 @@ def test_routing_hard_and_blended():
     assert list(r.regime) == [METAL_POOR, METAL_POOR, METAL_RICH, METAL_RICH, NO_REGIME]
     np.testing.assert_array_equal(r.value[:4, 0], [5000, 5000, 6000, 6000])
     np.testing.assert_array_equal(r.value[:4, 1], feh[:4] + [0.5, 0.5, 0, 0])
-    assert list(r.served[:, 0]) == [0, 0, 1, 1, -1] and np.isnan(r.value[4]).all()
+    assert list(r.served[:4, 0]) == [0, 0, 1, 1]
+    # row 4: no [Fe/H] from any candidate: each label takes the first finite value of its
+    # metal-rich, then metal-poor selection (teff: b; feh: NaN everywhere)
+    assert list(r.fallback) == [False] * 4 + [True]
+    assert r.served[4].tolist() == [1, -1] and r.value[4, 0] == 6000.0
+    assert np.isnan(r.value[4, 1])
     # blending over 0.2 dex: continuous across the threshold, hard outside the band
     r = route(preds, ["a", "b"], labels, sel, "a", -1.0, blend_width=0.2)
     np.testing.assert_allclose(r.value[:4, 0], [5000, 5250, 5750, 6000])

@@ -45,8 +45,12 @@ FLAG_BITS: tuple[FlagBit, ...] = (
     FlagBit("NOT_STAR", 14, False, "survey classification is not STAR"),
     FlagBit("LOW_SNR", 15, False, "median S/N per pixel on the grid below 1"),
     FlagBit("BAD_HEADER", 16, False, "a header value is missing or malformed (NaN recorded)"),
+    FlagBit("WAVE_FROM_HEADER", 17, False, "the file's wavelength row disagrees with its header "
+            "(COEFF0/COEFF1) or is not increasing; the header grid was used"),
     FlagBit("PREPROCESS_FAILED", 20, True, "preprocessing raised an error for this spectrum"),
     FlagBit("PREDICTION_FAILED", 24, True, "no prediction could be made"),
+    FlagBit("NOT_ROUTED", 25, False, "the router candidate gave no [Fe/H]; the regime came from "
+            "another candidate's value (or none)"),
 )
 
 BY_NAME: dict[str, FlagBit] = {f.name: f for f in FLAG_BITS}

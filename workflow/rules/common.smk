@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 from specbridge.config import ConfigError, config_hash, validate_config
+from specbridge.stages import config_sections
 
 try:
     _validated = validate_config(config)
@@ -29,7 +30,7 @@ def resolved_config_path():
     """The validated config with every default filled, as `specbridge <stage> --config` reads it.
 
     Rewritten (atomically) only when its content changes. Reruns are driven by each rule's
-    `settings` param (section_digest), so a change reruns only the rules it concerns.
+    `settings` param (stage_settings), so a change reruns only the rules it concerns.
     """
     path = Path(OUT) / "config" / "resolved.yaml"
     header = f"# config hash {config_hash(config)}"
@@ -153,9 +154,12 @@ def candidate_source_args(wildcards, input):
     return args
 
 
-def section_digest(*sections):
-    """A short hash of the named config sections: a rule's params change only when they do."""
-    blob = json.dumps({s: config[s] for s in sections}, sort_keys=True, default=str)
+def stage_settings(stage):
+    """A short hash of the config sections that `stage` reads, as the stage itself declares
+    them (specbridge.stages.<stage>.CONFIG_SECTIONS): a rule's params change exactly when one
+    of them does, and a rule cannot forget a section its stage reads."""
+    sections = config_sections(stage)
+    blob = json.dumps({s: config.get(s) for s in sections}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

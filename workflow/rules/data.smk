@@ -10,7 +10,7 @@ rule mock_survey:
         labels=mock_outputs()["labels"],
     params:
         config=CONFIG_FILE,
-        settings=section_digest("data", "seed", "resources_dir"),
+        settings=stage_settings("mock"),
     log:
         log_path("mock_survey"),
     benchmark:
@@ -37,7 +37,7 @@ rule manifest:
         out("manifest", "{survey}.fits"),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("data", "grid"),
+        settings=stage_settings("manifest"),
         sources=manifest_source_args,
     log:
         log_path("manifest_{survey}"),

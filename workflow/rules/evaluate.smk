@@ -13,7 +13,7 @@ rule evaluate:
         predictions=out("evaluation", "predictions.h5"),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("labels", "evaluation", "inference"),
+        settings=stage_settings("evaluate"),
         sources=candidate_source_args,
     log:
         log_path("evaluate"),

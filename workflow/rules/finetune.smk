@@ -9,7 +9,7 @@ rule finetune:
         out("models", "{model}", "finetuned_{strategy}.pt"),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("labels", "models", "finetune", "training", "seed"),
+        settings=stage_settings("finetune"),
         sources=finetune_source_args,
     log:
         log_path("finetune_{model}_{strategy}"),

@@ -10,7 +10,7 @@ rule infer:
         out("inference", "index.h5"),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("labels", "inference", "evaluation"),
+        settings=stage_settings("infer"),
         sources=candidate_source_args,
     log:
         log_path("infer"),
@@ -43,7 +43,7 @@ rule vac:
         healpix=directory(out("vac", "healpix")),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("vac", "labels"),
+        settings=stage_settings("vac"),
     log:
         log_path("vac"),
     benchmark:

@@ -9,7 +9,7 @@ rule preprocess:
         preprocessed("{survey}"),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("grid", "preprocess"),
+        settings=stage_settings("preprocess"),
     log:
         log_path("preprocess_{survey}"),
     benchmark:

@@ -9,7 +9,7 @@ rule pretrain_mlp:
         pretrained("mlp"),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("labels", "models", "training", "seed"),
+        settings=stage_settings("pretrain"),
     log:
         log_path("pretrain_mlp"),
     benchmark:
@@ -37,7 +37,7 @@ rule pretrain_specformer:
         pretrained("specformer"),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("models", "training", "seed"),
+        settings=stage_settings("pretrain"),
     log:
         log_path("pretrain_specformer"),
     benchmark:
@@ -66,7 +66,7 @@ rule embed:
         embeddings("{survey}"),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("models"),
+        settings=stage_settings("embed"),
     log:
         log_path("embed_{survey}"),
     benchmark:
@@ -95,7 +95,7 @@ rule pretrain_emb_mlp:
         pretrained("emb_mlp"),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("labels", "models", "training", "seed"),
+        settings=stage_settings("pretrain"),
     log:
         log_path("pretrain_emb_mlp"),
     benchmark:

@@ -34,7 +34,7 @@ rule report:
         ),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("evaluation", "inference"),
+        settings=stage_settings("report"),
         real=real_args,
     log:
         log_path("report"),
@@ -69,7 +69,7 @@ rule validate_real:
         ),
     params:
         config=CONFIG_FILE,
-        settings=section_digest("real_validation", "preprocess", "grid", "reference_data"),
+        settings=stage_settings("validate_real"),
     log:
         log_path("validate_real_{realset}"),
     benchmark:

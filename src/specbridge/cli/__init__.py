@@ -24,6 +24,7 @@ from specbridge.cli import (
 )
 from specbridge.cli._common import CLIError
 from specbridge.config import ConfigError
+from specbridge.errors import UserError
 from specbridge.io.fitsutil import FormatError
 
 # Each module contributes subcommands through register(subparsers).
@@ -54,6 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "%(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CLIError, FormatError) as err:
+    except (ConfigError, CLIError, FormatError, UserError) as err:
         print(f"specbridge {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,56 +1,20 @@
-"""``specbridge mock``: generate the labelled mock survey (MPI-parallel over files)."""
+"""``specbridge mock``: arguments of :mod:`specbridge.stages.mock`."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import resource
-import time
-from pathlib import Path
 
-from specbridge.atomic import atomic_output
-from specbridge.cli._common import add_config_argument, config_from_args
-from specbridge.parallel.mpi import get_comm
-from specbridge.progress import Progress
-
-log = logging.getLogger("specbridge.mock")
+from specbridge.cli._common import add_config_argument, mpi_stage_config
 
 
-def _write_list(path: str, paths: list[str]) -> None:
-    with atomic_output(path) as tmp, open(tmp, "w") as fh:
-        fh.write("".join(f"{p}\n" for p in paths))
+def run(args: argparse.Namespace) -> int:
+    from specbridge.stages import mock
 
-
-def run(args: argparse.Namespace, comm=None) -> int:
-    from specbridge.mock.survey import generate
-
-    cfg = config_from_args(args)
-    if args.n_lamost is not None:
-        cfg["data"]["mock"]["n_lamost"] = args.n_lamost
-    if args.n_desi is not None:
-        cfg["data"]["mock"]["n_desi"] = args.n_desi
-    comm = comm if comm is not None else get_comm()
-    outdir = Path(args.lamost_list).parent
-    t0 = time.monotonic()
-    res = generate(cfg, outdir, comm=comm, progress=Progress("mock", log, unit="batches"),
-                   with_resolution=False if args.no_resolution else None)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    peaks = comm.gather(peak_mb, root=0) if comm is not None else [peak_mb]
-    if comm is not None and comm.rank != 0:
-        return 0
-    log.info("peak memory per rank: %s MB", ", ".join(f"{p:.0f}" for p in peaks))
-    _write_list(args.lamost_list, res["lamost"])
-    _write_list(args.desi_list, res["desi"])
-    if args.redrock_list:
-        _write_list(args.redrock_list, res["redrock"])
-    if args.labels and Path(args.labels).resolve() != Path(res["labels"]).resolve():
-        Path(res["labels"]).replace(args.labels)
-    dt = time.monotonic() - t0
-    m = cfg["data"]["mock"]
-    n = m["n_lamost"] + m["n_desi"]
-    log.info("mock survey: %d LAMOST files, %d DESI files (%d spectra) in %.1f s: %.0f "
-             "spectra/s", len(res["lamost"]), len(res["desi"]), m["n_desi"], dt, n / dt)
-    return 0
+    comm, cfg = mpi_stage_config(args)
+    outputs = {"lamost_list": args.lamost_list, "desi_list": args.desi_list,
+               "redrock_list": args.redrock_list, "labels": args.labels}
+    return mock.run(cfg, {}, outputs, comm, n_lamost=args.n_lamost, n_desi=args.n_desi,
+                    with_resolution=False if args.no_resolution else None)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,60 +1,18 @@
-"""``specbridge vac``: the value-added catalogue from the prediction shards and the DESI
-manifest - a merged FITS file, one FITS file per HEALPix pixel, and the HDF5 twin."""
+"""``specbridge vac``: arguments of :mod:`specbridge.stages.vac`."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import shutil
-import time
-from pathlib import Path
 
-from specbridge.cli._common import CLIError, add_config_argument, config_from_args
-
-log = logging.getLogger("specbridge.vac")
+from specbridge.cli._common import add_config_argument, config_from_args
 
 
 def run(args: argparse.Namespace) -> int:
-    from specbridge.config import config_hash
-    from specbridge.vac.catalogue import (
-        build_catalogue,
-        provenance,
-        write_fits,
-        write_hdf5,
-        write_healpix_files,
-    )
+    from specbridge.stages import vac
 
-    cfg = config_from_args(args)
-    name = cfg["vac"]["name"]
-    t0 = time.monotonic()
-    try:
-        cat = build_catalogue(args.predictions, args.manifest)
-    except (OSError, KeyError, ValueError) as exc:
-        raise CLIError(f"cannot build the catalogue: {exc}") from None
-    n = cat["PARAMS"].size
-    cards = provenance(cat, name, config_hash(cfg))
-    t1 = time.monotonic()
-    write_fits(args.fits, cat, cards)
-    write_hdf5(args.hdf5, cat, cards)
-    t2 = time.monotonic()
-    nfiles = 0
-    if args.healpix_dir:
-        final = Path(args.healpix_dir)
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        nfiles = len(write_healpix_files(tmp, cat, cards, name))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    t3 = time.monotonic()
-    flagged = int((cat["PARAMS"]["FLAGS"] != 0).sum())
-    log.info("%d rows (one per input spectrum; %d with flags, %d absent from the predictions)"
-             " built in %.1f s; merged FITS + HDF5 in %.1f s (%.0f rows/s); %d HEALPix files in "
-             "%.1f s", n, flagged, cat["n_missing"], t1 - t0, t2 - t1, n / max(t2 - t1, 1e-9),
-             nfiles, t3 - t2)
-    log.info("wrote %s, %s%s", args.fits, args.hdf5,
-             f", {args.healpix_dir}/" if args.healpix_dir else "")
-    return 0
+    return vac.run(config_from_args(args), {"predictions": args.predictions,
+                                            "manifest": args.manifest},
+                   {"fits": args.fits, "hdf5": args.hdf5, "healpix_dir": args.healpix_dir})
 
 
 def register(sub: argparse._SubParsersAction) -> None:

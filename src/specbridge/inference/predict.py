@@ -1,9 +1,10 @@
 """Predictions of fine-tuned candidates on preprocessed DESI shards: the one code path that
-evaluation and sharded inference share."""
+evaluation and sharded inference share (:func:`predict_shard` makes one prediction shard)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,9 @@ from specbridge.training.data import network_input
 
 @dataclass
 class Candidate:
-    """A servable fine-tuned model. ``feature`` is 'flux' (network input from the spectra
-    shards) or 'embedding' (SpecFormer embeddings); ``mean``/``std`` (n_labels,) undo the
-    label standardisation."""
+    """A servable fine-tuned model. ``feature`` is its input kind: 'flux' (network input from
+    the spectra shards), 'spectrum' (flux and ivar, for the SpecFormer) or 'embedding'
+    (SpecFormer embeddings); ``mean``/``std`` (n_labels,) undo the label standardisation."""
 
     name: str
     model: str
@@ -67,28 +68,53 @@ def paired_shards(spectra_index: str | Path, embeddings_index: str | Path | None
     return shards
 
 
+FEATURES = ("flux", "spectrum", "embedding")
+
+
 def read_inputs(shard: dict[str, Any], need: set[str]) -> dict[str, np.ndarray]:
-    """Row fields of a shard plus the network inputs in ``need`` ('flux': (n, npix) float32,
-    'spectrum': (n, 2, npix) flux and ivar, 'embedding': (n, d) float32), and 'usable' (n,)
-    bool: no fatal flag and some data."""
+    """Row fields of a shard, the network inputs in ``need`` ('flux': (n, npix) float32,
+    'spectrum': (n, 2, npix) flux and ivar, 'embedding': (n, d) float32) and one usable mask
+    per input kind, each (n,) bool: 'usable_flux' and 'usable_spectrum' (no fatal flag and
+    some pixel with ivar > 0), and with 'embedding' in ``need`` 'usable_embedding' (that and
+    a finite embedding). A star whose embedding is not finite is thus still predicted by the
+    candidates on the spectra. 'usable' (= 'usable_flux') is kept for callers that predict
+    from the spectra only."""
+    unknown = set(need) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown input kinds {sorted(unknown)}; known: {FEATURES}")
     d = read_shard(shard["path"], ROW_FIELDS + ("flux", "ivar"))
     out = {f: d[f] for f in ROW_FIELDS}
-    usable = ~flags.is_fatal(d["flags"]) & ((d["ivar"] > 0).sum(1) > 0)
+    has_data = ~flags.is_fatal(d["flags"]) & ((d["ivar"] > 0).sum(1) > 0)
+    out["usable_flux"] = has_data
+    out["usable_spectrum"] = has_data.copy()
     if "flux" in need:
         out["flux"] = network_input(d["flux"], d["ivar"])
     if "spectrum" in need:
         out["spectrum"] = np.stack([d["flux"], d["ivar"]], axis=1).astype(np.float32)
     if "embedding" in need:
         out["embedding"] = read_shard(shard["emb_path"], ("embedding",))["embedding"]
-        usable &= np.isfinite(out["embedding"]).all(1)
-    out["usable"] = usable
+        out["usable_embedding"] = has_data & np.isfinite(out["embedding"]).all(1)
+    out["usable"] = has_data.copy()
     return out
+
+
+def usable_for(feature: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The usable mask (n,) of ``inputs`` (see read_inputs) for a candidate on ``feature``."""
+    key = f"usable_{feature}"
+    if key in inputs:
+        return inputs[key]
+    mask = inputs["usable"]  # inputs made without the per-kind masks
+    if feature == "embedding":
+        mask = mask & np.isfinite(inputs["embedding"]).all(1)
+    return mask
 
 
 def predict(cand: Candidate, x: np.ndarray, usable: np.ndarray, batch_size: int = 1024,
             device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(value, error), each (n, n_labels) float64 in physical units (K, dex); NaN where
-    ``usable`` is False. error = the predicted standard deviation."""
+    ``usable`` (the mask of the candidate's own input kind, e.g.
+    ``read_inputs(...)[f"usable_{cand.feature}"]``) is False. error = the predicted
+    standard deviation."""
     n, nl = x.shape[0], len(cand.labels)  # x: (n, n_in) or (n, 2, npix)
     value = np.full((n, nl), np.nan)
     error = np.full((n, nl), np.nan)
@@ -105,6 +131,53 @@ def predict(cand: Candidate, x: np.ndarray, usable: np.ndarray, batch_size: int 
 def predict_all(cands: Sequence[Candidate], inputs: dict[str, np.ndarray],
                 batch_size: int = 1024, device: str | torch.device = "cpu"
                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every candidate's (value, error) on the rows of ``inputs`` (see read_inputs)."""
-    return {c.name: predict(c, inputs[c.feature], inputs["usable"], batch_size, device)
+    """Every candidate's (value, error) on the rows of ``inputs`` (see read_inputs), each
+    candidate on the rows usable for its own input kind (``usable_<feature>``)."""
+    return {c.name: predict(c, inputs[c.feature], usable_for(c.feature, inputs), batch_size,
+                            device)
             for c in cands}
+
+
+def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Sequence[str],
+                  selection: Mapping[tuple[str, str], str], routing: Mapping[str, Any],
+                  batch_size: int) -> tuple[dict[str, np.ndarray], Counter]:
+    """Arrays of one prediction shard (docs/datamodel/predictions.md) and the count of
+    spectra that got no prediction, by reason.
+
+    ``shard``: an entry of :func:`paired_shards`; ``selection[(label, regime)]``: candidate
+    name; ``routing``: 'router', 'threshold', 'blend_width'. Each candidate predicts the rows
+    usable for its own input kind, so a star with a non-finite embedding keeps the values of
+    the candidates on the spectra. Flags added to the input flags: ``NOT_ROUTED`` (not
+    fatal) where the router gave no [Fe/H] but some label got a value (see
+    :func:`specbridge.inference.routing.route`); ``PREDICTION_FAILED`` where a spectrum
+    without a fatal flag got no label at all. A row with some labels NaN and others
+    present is not flagged as failed."""
+    from specbridge.inference.routing import route
+
+    d = read_inputs(shard, {c.feature for c in cands})
+    preds = predict_all(cands, d, batch_size)
+    names = [c.name for c in cands]
+    r = route(preds, names, list(labels), selection, routing["router"], routing["threshold"],
+              routing["blend_width"])
+    fl = d["flags"].astype(np.int64)
+    some = np.isfinite(r.value).any(1)
+    failed = ~some & ~flags.is_fatal(fl)
+    fl[failed] |= flags.flag("PREDICTION_FAILED")
+    fl[r.fallback & some] |= flags.flag("NOT_ROUTED")
+    counts: Counter = Counter()
+    if failed.any():
+        any_input = np.zeros(failed.shape, bool)
+        for c in cands:
+            any_input |= usable_for(c.feature, d)
+        no_input = int((failed & ~any_input).sum())
+        if no_input:
+            counts["no prediction (no usable pixels or non-finite input)"] = no_input
+        if int(failed.sum()) - no_input:
+            counts["no prediction (the selected candidates gave no value)"] = \
+                int(failed.sum()) - no_input
+    arrays = {"specid": d["specid"], "manifest_row": d["manifest_row"], "flags": fl,
+              "snr": d["snr"], "value": r.value.astype(np.float32),
+              "error": r.error.astype(np.float32), "regime": r.regime, "served": r.served,
+              "candidate_value": np.stack([preds[n][0] for n in names]).astype(np.float32),
+              "candidate_error": np.stack([preds[n][1] for n in names]).astype(np.float32)}
+    return arrays, counts

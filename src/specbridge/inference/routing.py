@@ -23,14 +23,29 @@ def regime_of(feh: np.ndarray, threshold: float) -> np.ndarray:
 
 @dataclass
 class Routed:
-    """value, error: (n, n_labels) physical units; regime: (n,) int8 (router's [Fe/H]);
-    served: (n, n_labels) int16 index into the candidate list of the candidate that served
-    each value (the one with the larger weight when blending), -1 where none did."""
+    """value, error: (n, n_labels) physical units; regime: (n,) int8 (from the router's
+    [Fe/H], or on ``fallback`` rows from another candidate's, see :func:`route`); served:
+    (n, n_labels) int16 index into the candidate list of the candidate that served each value
+    (the one with the larger weight when blending), -1 where none did; fallback: (n,) bool,
+    True where the router gave no finite [Fe/H]."""
 
     value: np.ndarray
     error: np.ndarray
     regime: np.ndarray
     served: np.ndarray
+    fallback: np.ndarray
+
+
+def _first_finite(values: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(value, k): per row the first finite of ``values`` (each (n,)) and its position in
+    the sequence; NaN and -1 where none is finite."""
+    out = np.full(values[0].shape, np.nan)
+    which = np.full(values[0].shape, -1, np.int64)
+    for k, v in enumerate(values):
+        take = (which < 0) & np.isfinite(v)
+        out[take] = v[take]
+        which[take] = k
+    return out, which
 
 
 def route(preds: Mapping[str, tuple[np.ndarray, np.ndarray]], candidates: Sequence[str],
@@ -42,13 +57,29 @@ def route(preds: Mapping[str, tuple[np.ndarray, np.ndarray]], candidates: Sequen
     names a candidate; ``router`` is the candidate whose [Fe/H] sets the regime. With
     ``blend_width`` w > 0 the metal-rich weight rises linearly from 0 at threshold - w/2 to 1
     at threshold + w/2, the value is the weighted mean and the error the square root of the
-    weighted variances; with w = 0 the choice is hard.
+    weighted variances; with w = 0 the choice is hard. A label whose selected candidate
+    gives NaN stays NaN.
+
+    Where the router's [Fe/H] is not finite (``Routed.fallback``) the regime comes from the
+    [Fe/H] of the first of the candidates selected for feh (metal-rich selection first,
+    then metal-poor) that has a finite value there, and routing proceeds as above; where
+    none has one the regime is NO_REGIME and each label takes the first finite value of its
+    two selected candidates (metal-rich first). Rows with a finite router value are routed
+    exactly as without this fallback.
     """
     if router not in preds:
         raise ValueError(f"router {router!r} is not among the candidates {sorted(preds)}")
     if "feh" not in labels:
         raise ValueError("routing needs 'feh' among the labels")
-    feh = preds[router][0][:, list(labels).index("feh")]
+    labels = list(labels)
+    candidates = list(candidates)
+    ife = labels.index("feh")
+    feh = preds[router][0][:, ife]
+    fallback = ~np.isfinite(feh)
+    if fallback.any():
+        feh = feh.copy()
+        order = (selection[("feh", "metal_rich")], selection[("feh", "metal_poor")])
+        feh[fallback] = _first_finite([preds[c][0][fallback, ife] for c in order])[0]
     regime = regime_of(feh, threshold)
     if blend_width > 0:
         w = np.clip((feh - threshold) / blend_width + 0.5, 0.0, 1.0)
@@ -59,6 +90,7 @@ def route(preds: Mapping[str, tuple[np.ndarray, np.ndarray]], candidates: Sequen
     error = np.full((n, len(labels)), np.nan)
     served = np.full((n, len(labels)), -1, np.int16)
     ok = regime != NO_REGIME
+    none = ~ok  # no regime at all: per label, the first finite of its two candidates
     for i, lab in enumerate(labels):
         poor, rich = selection[(lab, "metal_poor")], selection[(lab, "metal_rich")]
         vp, ep = preds[poor][0][:, i], preds[poor][1][:, i]
@@ -71,4 +103,10 @@ def route(preds: Mapping[str, tuple[np.ndarray, np.ndarray]], candidates: Sequen
         error[ok, i] = e[ok]
         pick = np.where(w >= 0.5, candidates.index(rich), candidates.index(poor))
         served[ok & np.isfinite(value[:, i]), i] = pick[ok & np.isfinite(value[:, i])]
-    return Routed(value, error, regime, served)
+        if none.any():
+            got, k = _first_finite([vr[none], vp[none]])
+            value[none, i] = got
+            error[none, i] = np.where(k == 0, er[none], np.where(k == 1, ep[none], np.nan))
+            served[none, i] = np.where(k == 0, candidates.index(rich),
+                                       np.where(k == 1, candidates.index(poor), -1))
+    return Routed(value, error, regime, served, fallback)

@@ -171,6 +171,7 @@ def scan_lamost_file(path: str, grid: GridRange = DEFAULT_RANGE) -> np.ndarray:
     row["FILE"] = path
     row["ROW"] = 0
     row["LAYOUT"] = f"lamost-{m['LAYOUT']}"
+    row["FLAGS"] |= spec.flags  # what the reader found (e.g. WAVE_FROM_HEADER)
     if m["OBSID"] is not None:
         row["SPECID"] = m["OBSID"]
     else:
@@ -344,3 +345,40 @@ def read_manifest(path: str | Path) -> np.ndarray:
         rows[name] = col
     return rows
 
+
+
+def read_manifest_columns(path: str | Path, columns: Sequence[str], chunk: int = 100_000,
+                          ) -> dict[str, Any]:
+    """Some columns of a manifest, in bounded memory at 10^7 rows: the numeric and short
+    columns as arrays (n,); FILE, if asked for, factorised into ``files`` (nfiles,) object
+    array of paths and ``file_idx`` (n,) int32, read ``chunk`` rows at a time (the column is
+    256 bytes a row). ``survey`` is the survey of the first row. Unreadable file: UserError."""
+    from specbridge.errors import UserError, describe
+    from specbridge.io.fitsutil import fits_text
+
+    plain = [c for c in columns if c != "FILE"]
+    try:
+        with fitsio.FITS(str(path)) as fits:
+            hdu = fits["MANIFEST"]
+            n = hdu.get_nrows()
+            t = hdu.read(columns=plain) if plain else None
+            out: dict[str, Any] = {c: t[c] for c in plain} if t is not None else {}
+            survey = hdu.read_column("SURVEY", rows=[0]) if n else np.array([b""])
+            out["survey"] = fits_text(survey[0])
+            if "FILE" in columns:
+                lookup: dict[str, int] = {}
+                file_idx = np.empty(n, dtype=np.int32)
+                for a in range(0, n, chunk):
+                    col = hdu.read_column("FILE", rows=np.arange(a, min(n, a + chunk)))
+                    uniq, inv = np.unique(col, return_inverse=True)
+                    ids = np.array([lookup.setdefault(fits_text(u), len(lookup))
+                                    for u in uniq], dtype=np.int32)
+                    file_idx[a:a + col.size] = ids[inv]
+                out["files"] = np.array(list(lookup), dtype=object)
+                out["file_idx"] = file_idx
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read manifest {path}: {describe(exc)}") from None
+    for c in plain:
+        if out[c].dtype.kind == "S":
+            out[c] = np.char.strip(out[c].astype(str))
+    return out

@@ -25,6 +25,7 @@ of failed spectra. Files are written under a temporary name and renamed.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -108,18 +109,31 @@ def write_index(path: str | Path, shards: list[dict[str, Any]], attrs: dict[str,
         h.create_dataset("shard_path", data=np.array(rel, dtype=h5py.string_dtype()))
         h.create_dataset("first_row", data=np.array([s["first_row"] for s in shards], "i8"))
         h.create_dataset("n", data=np.array([s["n"] for s in shards], "i8"))
+        fps = [s.get("fingerprint") for s in shards]
+        if shards and all(fps):
+            h.create_dataset("fingerprint", data=np.array(fps, dtype=h5py.string_dtype()))
+            h.attrs["fingerprint"] = hashlib.sha256("\n".join(fps).encode()).hexdigest()[:24]
         for k, v in attrs.items():
             h.attrs[k] = v
         h.attrs["complete"] = True
 
 
 def read_index(path: str | Path) -> list[dict[str, Any]]:
-    """Shards listed by an index: [{'path': absolute path, 'first_row', 'n'}, ...]."""
+    """Shards listed by an index: [{'path': absolute path, 'first_row', 'n', 'fingerprint'},
+    ...]; 'fingerprint' is None in indexes written before shards were fingerprinted."""
     path = Path(path)
     with h5py.File(path, "r") as h:
-        names = [p.decode() if isinstance(p, bytes) else p for p in h["shard_path"][()]]
-        return [{"path": str(path.parent / p), "first_row": int(f), "n": int(n)}
-                for p, f, n in zip(names, h["first_row"][()], h["n"][()], strict=True)]
+        names = [_text(p) for p in h["shard_path"][()]]
+        fps = ([_text(f) for f in h["fingerprint"][()]] if "fingerprint" in h
+               else [None] * len(names))
+        return [{"path": str(path.parent / p), "first_row": int(f), "n": int(n),
+                 "fingerprint": fp}
+                for p, f, n, fp in zip(names, h["first_row"][()], h["n"][()], fps,
+                                       strict=True)]
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def index_attrs(path: str | Path) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from specbridge.kernels.grid import LogGrid, pixel_edges
 from specbridge.kernels.resample import resample_rest_frame
 
 FWHM_PER_SIGMA = 2.3548200450309493
+#: LAMOST LRS nominal resolving power, the target when DESI is broadened to LAMOST's resolution
+LAMOST_R = 1800.0
 
 
 @dataclass(frozen=True)

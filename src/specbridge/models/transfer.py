@@ -1,9 +1,9 @@
 """Transfer of a pretrained SpectrumMLP to DESI: zero-shot, residual-head adapter, LoRA (peft)
 and full fine-tuning, and the servable form of each candidate (what inference loads).
 
-A candidate checkpoint holds the architecture, the servable state dict (LoRA merged into the
-weights), the pretrained label scaling and the training history; ``load_candidate`` rebuilds
-the module from it alone.
+A candidate checkpoint (kind ``candidate`` of :mod:`specbridge.models.checkpoint`) holds the
+architecture, the servable state dict (LoRA merged into the weights), the pretrained label
+scaling and the training history; ``load_candidate`` rebuilds the module from it alone.
 """
 
 from __future__ import annotations
@@ -174,29 +174,18 @@ def specformer_architecture(sf_extra: dict[str, Any], head_extra: dict[str, Any]
 
 
 def build_servable(arch: dict[str, Any]) -> nn.Module:
-    """An untrained module of the servable architecture ``arch``."""
-    if arch.get("kind") == "specformer":
-        sf = arch["specformer"]
-        h = arch["head"]
-        return SpecFormerRegressor(
-            SpecFormer(sf["npix"], sf["patch_size"], sf["patch_stride"], sf["d_model"],
-                       sf["n_layers"], sf["n_heads"]),
-            SpectrumMLP(h["n_in"], h["hidden"], h["n_labels"], h["dropout"]),
-            torch.zeros(arch["embed_dim"]), torch.ones(arch["embed_dim"]))
-    base = SpectrumMLP(arch["n_in"], arch["hidden"], arch["n_labels"], arch["dropout"])
-    if arch.get("adapter_width"):
-        return ResidualAdapter(base, arch["adapter_width"])
-    return base
+    """An untrained module of the servable architecture ``arch`` (see
+    :func:`specbridge.models.checkpoint.build_model`, kind ``candidate``)."""
+    from specbridge.models.checkpoint import build_model
+
+    return build_model("candidate", arch)
 
 
 def load_candidate(path: str | Path, device: str | torch.device = "cpu"
                    ) -> tuple[nn.Module, dict[str, Any]]:
-    """(module in eval mode, checkpoint metadata) of a fine-tuned candidate checkpoint."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    if "arch" not in blob or "state_dict" not in blob:
-        raise ValueError(f"{path}: not a fine-tuned candidate checkpoint")
-    net = build_servable(blob["arch"])
-    net.load_state_dict(blob["state_dict"])
-    net.to(device).eval()
-    meta = {k: v for k, v in blob.items() if k != "state_dict"}
-    return net, meta
+    """(module in eval mode on ``device``, checkpoint metadata plus ``arch``) of a fine-tuned
+    candidate checkpoint; UserError for a missing file or any other kind of checkpoint."""
+    from specbridge.models.checkpoint import load_model
+
+    net, ckpt = load_model(path, ("candidate",), device)
+    return net, {**ckpt.meta, "arch": ckpt.arch}

@@ -106,30 +106,50 @@ def gather_error_counts(comm: Any | None, counts: Mapping[str, int]) -> dict[str
 
 
 def bcast_from_rank0(comm: Any | None, prepare: Callable[[], Any],
-                     errors: tuple[type[BaseException], ...]) -> tuple[Any, str | None]:
-    """Run ``prepare()`` on rank 0 only and broadcast (its result, None), or (None, the message)
-    when it raised one of ``errors``: every rank then stops with the same message instead of
-    waiting forever in a broadcast that rank 0 never reaches."""
+                     errors: tuple[type[BaseException], ...] = (Exception,)) -> Any:
+    """Run ``prepare()`` on rank 0 only and broadcast its result to every rank.
+
+    When it raises one of ``errors``, every rank raises :class:`specbridge.errors.UserError`
+    with the same one-line message (the reason, naming the file where the error does),
+    instead of waiting forever in a broadcast that rank 0 never reaches.
+    """
+    from specbridge.errors import UserError, describe
+
     payload = err = None
     if comm_rank_size(comm)[0] == 0:
         try:
             payload = prepare()
         except errors as exc:
-            err = str(exc)
+            err = str(exc) if isinstance(exc, UserError) else _with_file(exc, describe(exc))
     if comm is not None:
         payload, err = comm.bcast((payload, err), root=0)
-    return payload, err
+    if err is not None:
+        raise UserError(err)
+    return payload
+
+
+def _with_file(exc: BaseException, reason: str) -> str:
+    name = getattr(exc, "filename", None)
+    return f"{name}: {reason}" if name and str(name) not in reason else reason
 
 
 def run_or_abort(comm: Any | None, log: logging.Logger, func: Callable[..., Any],
                  *args: Any) -> Any:
-    """``func(*args)``; an exception on one rank of several aborts the whole MPI job (the
-    others would block in their next collective call)."""
+    """``func(*args)``; an exception on one rank of several is logged as one line and aborts
+    the whole MPI job at once (the other ranks would block in their next collective call,
+    under srun until the walltime). With one rank the exception propagates to the CLI, which
+    prints it as one line."""
     try:
         return func(*args)
-    except Exception:
+    except Exception as exc:
         rank, size = comm_rank_size(comm)
         if size > 1:
-            log.exception("rank %d failed; aborting the MPI job", rank)
+            from specbridge.errors import UserError, describe
+
+            msg = str(exc) if isinstance(exc, UserError) else describe(exc)
+            log.error("rank %d failed: %s; aborting the MPI job", rank, msg)
+            log.debug("traceback", exc_info=True)
+            for h in log.handlers:
+                h.flush()
             comm.Abort(1)
         raise

@@ -1,9 +1,9 @@
 """The one training loop: torch DDP (gloo on CPU, nccl + bf16 autocast on GPU), AdamW (or the
 configured optimizer) with a schedule, early stopping on the validation loss, and atomic best
-and last checkpoints holding model, optimizer, scheduler, epoch, RNG and history, from which a
-killed job resumes. Each epoch seeds torch's and Python's RNGs from (seed, epoch, rank), and
-the data order comes from a numpy Generator seeded from (seed, epoch), so a resumed run repeats
-the interrupted epoch exactly."""
+and last checkpoints (kind ``resume`` of :mod:`specbridge.models.checkpoint`) holding model,
+optimizer, scheduler, epoch, RNG and history, from which a killed job resumes. Each epoch seeds
+torch's and Python's RNGs from (seed, epoch, rank), and the data order comes from a numpy
+Generator seeded from (seed, epoch), so a resumed run repeats the interrupted epoch exactly."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from specbridge.atomic import atomic_output
 from specbridge.faults import kill_point
+from specbridge.models.checkpoint import RESUME_KIND, Checkpoint, jsonable, load_checkpoint
+from specbridge.models.checkpoint import save_checkpoint as write_checkpoint
 from specbridge.parallel.ddp import DistEnv
 
 
@@ -72,13 +73,46 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
 
 def save_checkpoint(path: Path, model: nn.Module, opt, sched, state: LoopState,
                     extra: dict[str, Any]) -> None:
-    """Atomically write everything needed to resume (rank 0 only)."""
-    blob = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "state": state.__dict__,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-            "extra": extra}
-    with atomic_output(path) as tmp:
-        torch.save(blob, tmp)
+    """Atomically write everything needed to resume (rank 0 only): a ``resume`` checkpoint
+    whose meta is ``extra`` (with the resume key) and whose training state holds the optimizer,
+    scheduler, loop state and RNG states."""
+    training = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "state": jsonable(state.__dict__),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+    write_checkpoint(path, Checkpoint(RESUME_KIND, {}, model.state_dict(), extra, training))
+
+
+def load_resume(path: Path, key: str, log: logging.Logger) -> Checkpoint | None:
+    """The resume checkpoint at ``path`` if it exists and was written for resume key ``key``
+    (logs and returns None for one written for other settings)."""
+    if not path.exists():
+        return None
+    ckpt = load_checkpoint(path, (RESUME_KIND,))
+    if ckpt.meta.get("resume_key") != key or ckpt.training is None:
+        log.warning("ignoring %s: written for other settings or another model (fresh start)",
+                    path)
+        return None
+    return ckpt
+
+
+def start_ranks(log: logging.Logger) -> tuple[DistEnv, torch.device]:
+    """Join this job's process group (:func:`init_distributed`): (where this rank sits, the
+    device it trains on). Ranks other than 0 then log warnings only (root logger and ``log``)."""
+    from specbridge.parallel.ddp import init_distributed
+
+    env, device = init_distributed()
+    if not env.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+        log.setLevel(logging.WARNING)
+    return env, device
+
+
+def training_workdir(checkpoint: str | Path, workdir: str | Path | None = None) -> Path:
+    """Where a training stage keeps its resumable checkpoints: ``workdir``, default the
+    output ``checkpoint`` path without its suffix (created, absolute)."""
+    out = Path(workdir or Path(checkpoint).with_suffix("")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def resume_key(model: nn.Module, settings: LoopSettings, extra: dict[str, Any]) -> str:
@@ -124,16 +158,12 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
     last = workdir / "last.pt"
     key = resume_key(raw, settings, extra)
     extra = {**extra, "resume_key": key}
-    blob = torch.load(last, map_location="cpu", weights_only=False) if last.exists() else None
-    if blob is not None and blob["extra"].get("resume_key") != key:
-        log.warning("ignoring %s: written for other settings or another model (fresh start)",
-                    last)
-        blob = None
-    if blob is not None:
-        raw.load_state_dict(blob["model"])
-        opt.load_state_dict(blob["optimizer"])
-        sched.load_state_dict(blob["scheduler"])
-        state = LoopState(**blob["state"])
+    resumed = load_resume(last, key, log)
+    if resumed is not None:
+        raw.load_state_dict(resumed.state_dict)
+        opt.load_state_dict(resumed.training["optimizer"])
+        sched.load_state_dict(resumed.training["scheduler"])
+        state = LoopState(**resumed.training["state"])
         log.info("resumed from %s after epoch %d (best val %.5g at epoch %d)", last,
                  state.epoch, state.best_val, state.best_epoch)
     net = raw
@@ -189,8 +219,7 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
             save_checkpoint(last, raw, opt, sched, state, extra)
         if env.is_distributed:
             dist.barrier()
-    best = torch.load(workdir / "best.pt", map_location="cpu", weights_only=False)
-    raw.load_state_dict(best["model"])
+    raw.load_state_dict(load_checkpoint(workdir / "best.pt", (RESUME_KIND,)).state_dict)
     return raw, state
 
 

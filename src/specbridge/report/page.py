@@ -1,0 +1,101 @@
+"""The report's HTML: tables of astropy Tables, the real-data sections and the page itself."""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FIGURES = ("one_to_one.png", "residual_vs_feh.png", "regime_sigma.png", "vac_overview.png")
+
+
+def table_html(table, columns=None) -> str:
+    """An HTML table of ``columns`` of an astropy Table (numbers formatted for reading)."""
+    from specbridge.evaluation.tables import _fmt
+
+    cols = list(columns or table.colnames)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in cols)
+                   + "</tr>" for r in table)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def real_sections(tables: list[str], report_dir: Path) -> list[str]:
+    """HTML of the real labelled LAMOST sets: summary per label and the one-to-one figure."""
+    from astropy.table import Table
+
+    if not tables:
+        return []
+    parts = ["<h2>Real labelled LAMOST spectra (pretrained spectrum MLP)</h2>",
+             "<p>Read, cross-matched and preprocessed like the survey; predicted by the "
+             "LAMOST-pretrained spectrum MLP of this run. Reference labels are the sets' own "
+             "(literature or an independent fit), not APOGEE.</p>"]
+    for path in tables:
+        t = Table.read(path, format="ascii.ecsv")
+        summ = Table(rows=[[r["label"], r["n"], r["robust_sigma"], r["bias"], r["mad"]]
+                           for r in t.meta["summary"] if r["n"]],
+                     names=["label", "n", "robust_sigma", "bias", "mad"])
+        fig = Path(path).with_suffix(".png")
+        first = next(c for c in t.colnames if c.endswith("_PRED"))
+        n_pred = int(np.isfinite(t[first]).sum())
+        parts += [f"<h3>{html.escape(t.meta['set'])}: {html.escape(t.meta['reference'])}</h3>",
+                  f"<p>{len(t)} spectra, {n_pred} with a prediction.</p>", table_html(summ)]
+        if fig.exists():
+            parts.append(f"<img src='{html.escape(os.path.relpath(fig, report_dir))}'>")
+    return parts
+
+
+_STYLE = ("<style>body{font-family:sans-serif;max-width:1400px;margin:auto}"
+          "table{border-collapse:collapse;font-size:13px;margin:8px 0}"
+          "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+          "img{max-width:100%}</style>")
+
+
+def page_html(*, vac_path: str, params: Any, metrics: Any, selection: Any, summary: Any,
+              labels: list[str], shown: tuple[str, str], threshold: float, router: str,
+              real: list[str], report_dir: Path) -> str:
+    """The report page: answers, selection, figures (named by :data:`FIGURES`, beside the
+    page), per-label tables by regime, the catalogue's overview and the real sets.
+    ``params`` is the VAC's PARAMS table, ``shown`` the zero-shot and fine-tuned candidates
+    drawn in the one-to-one figure, ``threshold`` the regime split in [Fe/H] (dex)."""
+    from specbridge import flags
+
+    zs, best_ft = shown
+    n_rows = len(params)
+    n_ok = int((~flags.is_fatal(params["FLAGS"]) & np.isfinite(params[labels[0].upper()])
+                ).sum())
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>specbridge report</title>",
+        _STYLE + "</head><body>",
+        "<h1>specbridge: LAMOST-pretrained models on DESI</h1>",
+        f"<p>Catalogue <code>{html.escape(str(vac_path))}</code>: {n_rows} rows (one per "
+        f"input spectrum), {n_ok} with parameters. Evaluation on "
+        f"{metrics.meta.get('n_val', '?')} validation and {metrics.meta.get('n_test', '?')} "
+        f"test DESI spectra with reference labels; regimes split at [Fe/H] = {threshold:g}; "
+        f"router <code>{html.escape(router)}</code>. Robust sigma: "
+        "Tukey biweight about the median.</p>",
+        "<h2>Answers (test split)</h2>",
+        table_html(summary, ["label", "unit", "zeroshot", "zeroshot_test_sigma", "finetuned",
+                             "finetuned_test_sigma", "routed_test_sigma",
+                             "routed_poor_test_sigma", "routed_rich_test_sigma",
+                             "best_on_test", "best_on_test_sigma",
+                             "finetuning_beats_zeroshot", "routing_beats_every_single"]),
+        "<h2>Selection (validation split)</h2>", table_html(selection),
+        f"<h2>One-to-one (test split): {html.escape(zs)}, {html.escape(best_ft)}, routed</h2>",
+        f"<img src='{FIGURES[0]}'>",
+        "<h2>Residuals vs reference [Fe/H] (test split)</h2>", f"<img src='{FIGURES[1]}'>",
+        "<h2>Robust sigma by regime and candidate (test split)</h2>",
+        f"<img src='{FIGURES[2]}'>"]
+    for lab in labels:
+        t = metrics[(metrics["split"] == "test") & (metrics["label"] == lab)
+                    & (metrics["snr_bin"] == "all")]
+        parts += [f"<h3>{html.escape(lab)} ({html.escape(str(t['unit'][0]))})</h3>",
+                  table_html(t, ["candidate", "regime", "n", "robust_sigma", "bias", "mad",
+                                 "outlier_fraction", "within_1sigma", "z_robust_sigma"])]
+    parts += ["<h2>The catalogue</h2>", f"<img src='{FIGURES[3]}'>"]
+    parts += real_sections(real, report_dir)
+    parts.append("</body></html>")
+    return "\n".join(parts)

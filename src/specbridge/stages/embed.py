@@ -1,0 +1,120 @@
+"""Embeddings: the SpecFormer's embedding of every preprocessed spectrum, as HDF5 shards.
+
+Each spectra shard gives one embedding shard (same rows, same order: nothing is lost; spectra
+without usable pixels get NaN embeddings). The embedding is the mean over the output patch
+tokens, standardised with the mean and std stored in the SpecFormer checkpoint (computed on its
+LAMOST training set). The map over shards is :mod:`specbridge.parallel.executor`; a shard's
+fingerprint chains its spectra shard's fingerprint and the checkpoint's SHA-256.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specbridge import __version__, flags
+from specbridge.parallel.executor import (
+    ShardJob,
+    ShardResult,
+    ShardTask,
+    fingerprint,
+    input_fingerprints,
+    run_shards,
+)
+from specbridge.parallel.mpi import (
+    bcast_from_rank0,
+    cores_per_rank,
+    rank0_logger,
+    ranks_on_node,
+    run_or_abort,
+)
+from specbridge.stages import declared
+
+CONFIG_SECTIONS: tuple[str, ...] = ()
+BATCH = 256
+
+
+def plan(model_path: str | Path, spectra_index: str | Path, out_dir: Path) -> list[ShardTask]:
+    """One task per spectra shard, fingerprinted by that shard's fingerprint, the SpecFormer
+    checkpoint's SHA-256 and the code version (read on rank 0)."""
+    from specbridge.digest import sha256
+    from specbridge.errors import UserError, describe
+    from specbridge.io.shards import read_index
+
+    try:
+        model_digest = sha256(model_path)
+        shards = read_index(spectra_index)
+    except OSError as exc:
+        raise UserError(f"cannot read {exc.filename or spectra_index}: {describe(exc)}"
+                        ) from None
+    fps = input_fingerprints(shards)
+    return [ShardTask(i, s["first_row"], s["n"], str(out_dir / f"emb-{i:06d}.h5"),
+                      fingerprint(fp, model_digest, __version__), inputs={"spectra": s["path"]})
+            for i, (s, fp) in enumerate(zip(shards, fps, strict=True))]
+
+
+def embed_rows(model: Any, flux: np.ndarray, ivar: np.ndarray, usable: np.ndarray,
+               mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Standardised embeddings (n, d) float32 of the ``usable`` rows of ``flux``/``ivar``
+    (n, npix); NaN elsewhere. ``mean``/``std`` (d,) from the checkpoint."""
+    import torch
+
+    emb = np.full((flux.shape[0], mean.size), np.nan, np.float32)
+    idx = np.flatnonzero(usable)
+    with torch.no_grad():
+        for a in range(0, idx.size, BATCH):
+            j = idx[a:a + BATCH]
+            e = model.embed(torch.from_numpy(flux[j]), torch.from_numpy(ivar[j])).numpy()
+            emb[j] = (e - mean) / std
+    return emb
+
+
+def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
+        comm: Any = None, *, force: bool = False) -> int:
+    """Embed the spectra of ``inputs['spectra']`` (index HDF5) with the SpecFormer
+    ``inputs['model']``; writes ``outputs['index']`` and ``shards/`` beside it."""
+    import time
+
+    cfg = declared(cfg, CONFIG_SECTIONS)
+    log = rank0_logger("specbridge.embed", comm)
+    out = Path(outputs["index"])
+    t0 = time.monotonic()
+    tasks = bcast_from_rank0(comm, lambda: plan(inputs["model"], inputs["spectra"],
+                                                out.parent / "shards"))
+    return run_or_abort(comm, log, _run, inputs, out, tasks, comm, log, force, t0)
+
+
+def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float) -> int:
+    import time
+
+    import torch
+
+    from specbridge.io.shards import ROW_FIELDS, read_shard, write_embedding_shard
+    from specbridge.models.checkpoint import load_model
+
+    torch.set_num_threads(cores_per_rank(ranks_on_node(comm)))
+    model, ck = load_model(inputs["model"], kinds=("specformer",))
+    if "embed_mean" not in ck.meta:
+        from specbridge.errors import UserError
+        raise UserError(f"{inputs['model']}: a SpecFormer checkpoint without embedding "
+                        "statistics (pretrain it again)")
+    mean = np.asarray(ck.meta["embed_mean"], np.float32)
+    std = np.asarray(ck.meta["embed_std"], np.float32)
+
+    def compute(task: ShardTask) -> ShardResult:
+        d = read_shard(task.inputs["spectra"], ("flux", "ivar") + ROW_FIELDS)
+        usable = ~flags.is_fatal(d["flags"]) & ((d["ivar"] > 0).sum(1) > 0)
+        emb = embed_rows(model, d["flux"], d["ivar"], usable, mean, std)
+        return ShardResult({"embedding": emb, **{f: d[f] for f in ROW_FIELDS}})
+
+    job = ShardJob("embed", tasks, compute, out, {
+        "dim": int(mean.size), "spectra": str(inputs["spectra"]),
+        "specformer": str(inputs["model"])},
+        write=lambda p, a, at, _n: write_embedding_shard(p, a, at), force=force)
+    s = run_shards(job, comm, log)
+    if s is not None:
+        log.info("wrote %s: %d embedding shards (%d skipped as complete), %d spectra in %.1f s",
+                 out, s.n_shards, s.skipped, s.n_computed, time.monotonic() - t0)
+    return 0

@@ -1,0 +1,135 @@
+"""Sharded inference: every candidate's predictions for every preprocessed DESI spectrum,
+routed by regime, as one HDF5 prediction shard per spectra shard.
+
+One MPI job (the map over shards is :mod:`specbridge.parallel.executor`): rank 0 reads the
+selection, the checkpoints' digests and the shard indexes and broadcasts them. A prediction
+shard's fingerprint chains its spectra shard's and embedding shard's fingerprints with the
+checkpoints' SHA-256 and the routing, so anything that changes upstream (a preprocessing
+setting, a model, the selection) recomputes it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from specbridge import __version__
+from specbridge.parallel.executor import (
+    ShardJob,
+    ShardResult,
+    ShardTask,
+    fingerprint,
+    input_fingerprints,
+    run_shards,
+)
+from specbridge.parallel.mpi import (
+    bcast_from_rank0,
+    comm_rank_size,
+    cores_per_rank,
+    rank0_logger,
+    ranks_on_node,
+    run_or_abort,
+)
+from specbridge.stages import declared
+
+CONFIG_SECTIONS = ("evaluation", "inference")
+
+
+def plan(cfg: dict[str, Any], inputs: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """What every rank needs (read on rank 0): the tasks, the selection mapping, the routing
+    settings and the checkpoints' digests."""
+    from astropy.table import Table
+
+    from specbridge.digest import sha256
+    from specbridge.errors import UserError, describe
+    from specbridge.evaluation.selection import selection_mapping
+    from specbridge.inference.predict import paired_shards
+
+    try:
+        sel_table = Table.read(inputs["selection"], format="ascii.ecsv")
+        digests = {str(p): sha256(Path(p)) for p in inputs["checkpoints"]}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the selection or the checkpoints: {describe(exc)}"
+                        ) from None
+    try:
+        shards = paired_shards(inputs["spectra"], inputs.get("embeddings"))
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(f"cannot read the spectra/embedding index: {describe(exc)}") from None
+    inf = cfg["inference"]
+    selection = selection_mapping(sel_table)
+    routing = {"selection": sorted(selection.items()), "router": inf["router"],
+               "threshold": cfg["evaluation"]["feh_threshold"],
+               "blend_width": inf["blend_width"]}
+    settings = fingerprint(sorted(digests.values()), routing, __version__)
+    fps = input_fingerprints(shards)
+    emb_fps: list[str | None] = [None] * len(shards)
+    if inputs.get("embeddings"):
+        from specbridge.io.shards import read_index
+
+        by_row = {e["first_row"]: e for e in read_index(inputs["embeddings"])}
+        emb_fps = list(input_fingerprints([by_row[s["first_row"]] for s in shards]))
+    tasks = [ShardTask(i, s["first_row"], s["n"], str(out_dir / f"pred-{i:06d}.h5"),
+                       fingerprint(settings, fp, efp),
+                       inputs={"spectra": s["path"], "embeddings": s["emb_path"]})
+             for i, (s, fp, efp) in enumerate(zip(shards, fps, emb_fps, strict=True))]
+    return {"tasks": tasks, "selection": selection, "routing": routing, "digests": digests,
+            "settings_hash": settings}
+
+
+def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
+        comm: Any = None, *, force: bool = False) -> int:
+    """Predict every spectrum of ``inputs['spectra']`` (and ``inputs['embeddings']``) with the
+    candidates ``inputs['checkpoints']``, routed by ``inputs['selection']``; writes
+    ``outputs['index']`` and its ``shards/``."""
+    import time
+
+    from specbridge.config import config_hash
+
+    full_hash = config_hash(cfg)  # provenance of the whole resolved config
+    cfg = declared(cfg, CONFIG_SECTIONS)
+    log = rank0_logger("specbridge.infer", comm)
+    t0 = time.monotonic()
+    out = Path(outputs["index"])
+    p = bcast_from_rank0(comm, lambda: plan(cfg, inputs, out.parent / "shards"))
+    return run_or_abort(comm, log, _run, cfg, inputs, out, p, comm, log, force, t0, full_hash)
+
+
+def _run(cfg, inputs, out: Path, p, comm, log, force: bool, t0: float, full_hash: str) -> int:
+    import time
+
+    import torch
+
+    from specbridge.inference.predict import load_candidates, predict_shard
+
+    _, size = comm_rank_size(comm)
+    torch.set_num_threads(cores_per_rank(ranks_on_node(comm)))
+    cands = load_candidates(inputs["checkpoints"])
+    labels = cands[0].labels
+    names = [c.name for c in cands]
+    tasks = p["tasks"]
+    log.info("%d candidates, %d spectra in %d shards over %d ranks", len(cands),
+             sum(t.n for t in tasks), len(tasks), size)
+
+    def compute(task: ShardTask) -> ShardResult:
+        shard = {"path": task.inputs["spectra"], "emb_path": task.inputs["embeddings"],
+                 "first_row": task.first_row, "n": task.n}
+        arrays, counts = predict_shard(cands, shard, labels, p["selection"], p["routing"],
+                                       cfg["inference"]["batch_size"])
+        return ShardResult(arrays, counts=counts)
+
+    job = ShardJob("infer", tasks, compute, out, {
+        "labels": json.dumps(labels), "candidates": json.dumps(names),
+        "checkpoints": json.dumps({c.name: p["digests"][c.path] for c in cands}),
+        "routing": json.dumps(p["routing"], default=str), "settings_hash": p["settings_hash"],
+        "config_hash": full_hash, "spectra": str(inputs["spectra"]),
+        "n_spectra": sum(t.n for t in tasks)}, force=force)
+    s = run_shards(job, comm, log)
+    if s is not None:
+        log.info("wrote %s: %d shards (%d skipped as complete); %d spectra x %d candidates in "
+                 "%.1f s (%.0f spectra/s per rank in the prediction loop)", out, s.n_shards,
+                 s.skipped, s.n_computed, len(cands), time.monotonic() - t0,
+                 s.n_computed / size / s.compute_s)
+        for reason, c in s.failures.items():
+            log.info("  no prediction: %-50s %d", reason, c)
+    return 0

@@ -1,0 +1,274 @@
+"""Stage ``pretrain``: train a model on LAMOST with the one training loop (torch DDP over the
+ranks of srun/torchrun/mpiexec) and write its checkpoint.
+
+Models: ``mlp`` (the spectrum MLP on flux), ``specformer`` (self-supervised masked-patch
+reconstruction) and ``emb_mlp`` (the spectrum MLP on SpecFormer embeddings).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from specbridge.errors import UserError
+from specbridge.stages import declared
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from specbridge.parallel.ddp import DistEnv
+    from specbridge.training.data import LabelledShards
+
+CONFIG_SECTIONS = ("labels", "models", "training", "seed", "grid")
+MODELS = ("mlp", "specformer", "emb_mlp")
+
+log = logging.getLogger("specbridge.pretrain")
+
+
+def run(cfg: Mapping[str, Any], inputs: Mapping[str, Any], outputs: Mapping[str, Any],
+        comm: Any = None, *, model: str, epochs: int | None = None) -> int:
+    """Pretrain ``model`` (one of :data:`MODELS`) and write ``outputs['checkpoint']`` (rank 0).
+
+    inputs: ``spectra`` (index HDF5 of preprocessed LAMOST spectra), ``embeddings`` (index HDF5
+    of their SpecFormer embeddings; model ``emb_mlp`` only). outputs: ``checkpoint``, optional
+    ``workdir`` for the resumable checkpoints (default: the checkpoint path without suffix).
+    ``epochs`` overrides ``training.epochs``. ``comm`` is unused (ranks join through torch
+    DDP). Returns 0; UserError for unusable inputs.
+    """
+    cfg = declared(cfg, CONFIG_SECTIONS)
+    if epochs is not None:
+        cfg["training"] = {**cfg["training"], "epochs": epochs}
+    if model not in MODELS:
+        raise UserError(f"unknown model {model!r}; one of {MODELS}")
+    if model == "emb_mlp" and not inputs.get("embeddings"):
+        raise UserError("model emb_mlp needs the embeddings input (index HDF5 of embeddings)")
+    from specbridge.parallel.ddp import destroy_distributed
+    from specbridge.training.loop import start_ranks
+
+    env, device = start_ranks(log)
+    if model == "specformer":
+        _pretrain_specformer(cfg, inputs, outputs, env, device)
+    else:
+        _pretrain_mlp(cfg, model, inputs, outputs, env, device)
+    destroy_distributed()
+    return 0
+
+
+def _workdir(outputs: Mapping[str, Any]) -> Path:
+    """The resumable-checkpoint folder of a training stage's ``outputs`` (created)."""
+    from specbridge.training.loop import training_workdir
+
+    return training_workdir(outputs["checkpoint"], outputs.get("workdir"))
+
+
+def _labelled_splits(source: str, labels: list[str], tr: Mapping[str, Any], feature: str
+                     ) -> tuple[LabelledShards, LabelledShards]:
+    """Training and validation rows with labels of the index ``source``; UserError when there
+    are fewer training rows than one batch or no validation row."""
+    from specbridge.training.data import LabelledShards
+
+    train_set = LabelledShards(source, labels, "train", tr["val_fraction"], feature=feature)
+    val_set = LabelledShards(source, labels, "val", tr["val_fraction"], feature=feature)
+    if train_set.n < tr["batch_size"] or val_set.n == 0:
+        raise UserError(f"{train_set.n} training / {val_set.n} validation spectra with "
+                        "labels: too few")
+    return train_set, val_set
+
+
+def _input_width(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any]) -> int:
+    """Network input width: embedding dimensions (emb_mlp) or pixels of the common grid."""
+    if model == "emb_mlp":
+        from specbridge.io.shards import index_attrs
+
+        return int(index_attrs(inputs["embeddings"])["dim"])
+    return int(cfg["grid"]["npix"])
+
+
+def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
+                  outputs: Mapping[str, Any], env: DistEnv, device: torch.device) -> None:
+    """Supervised pretraining of the spectrum MLP on flux (``mlp``) or embeddings
+    (``emb_mlp``); rank 0 reports the validation robust sigma and writes the checkpoint."""
+    import torch
+
+    from specbridge.models.checkpoint import build_model, mlp_arch
+    from specbridge.training.loop import LoopSettings, train
+    from specbridge.training.supervised import mean_nll, nll_loss_sum, predict_split
+
+    tr, labels, seed = cfg["training"], cfg["labels"], cfg["seed"]
+    on_emb = model == "emb_mlp"
+    source = inputs["embeddings"] if on_emb else inputs["spectra"]
+    train_set, val_set = _labelled_splits(source, labels, tr,
+                                          "embedding" if on_emb else "flux")
+    mean, std = train_set.label_stats()
+    std = np.where(std > 0, std, 1.0)
+    npix = _input_width(cfg, model, inputs)
+    mc = cfg["models"][model]
+    arch = mlp_arch(npix, mc["hidden"], len(labels), mc["dropout"])
+    torch.manual_seed(seed)
+    net = build_model(model, arch).to(device)
+    if env.is_main:
+        log.info("%s: %d parameters; %d training, %d validation spectra; %d rank(s)",
+                 model, sum(p.numel() for p in net.parameters()), train_set.n,
+                 val_set.n, env.world_size)
+
+    def train_batches(epoch: int):
+        return train_set.batches(epoch, tr["batch_size"], seed, env.rank, env.world_size,
+                                 mean, std)
+
+    def validate(m: nn.Module) -> float:
+        return mean_nll(*predict_split(m, val_set, mean, std, device, seed))
+
+    extra = {"labels": labels, "label_mean": mean, "label_std": std, "model": model,
+             "hidden": list(mc["hidden"]), "dropout": mc["dropout"], "npix": npix}
+    net, state = train(net, nll_loss_sum(device), train_batches, validate,
+                       LoopSettings.from_config(tr, seed), _workdir(outputs), env, device,
+                       extra, log)
+    if env.is_main:
+        sig, spread = _report_mlp(net, val_set, mean, std, labels, device, seed)
+        meta = {"labels": labels, "label_mean": mean, "label_std": std,
+                "history": state.history, "val_robust_sigma": sig, "val_label_spread": spread,
+                "best_epoch": state.best_epoch}
+        _write(outputs["checkpoint"], model, arch, net, meta, cfg, state.best_epoch)
+
+
+def _report_mlp(net: nn.Module, val_set: LabelledShards, mean: np.ndarray, std: np.ndarray,
+                labels: list[str], device: torch.device, seed: int
+                ) -> tuple[dict[str, float], dict[str, float]]:
+    """Log and return, per label in physical units, the validation robust sigma of the
+    trained ``net`` and the spread (standard deviation) of the validation labels."""
+    import torch
+
+    from specbridge.training.supervised import predict_split, robust_sigma_per_label
+
+    net.eval()
+    with torch.no_grad():
+        mu, _, y, _ = predict_split(net, val_set, mean, std, device, seed)
+    sig = robust_sigma_per_label(mu, y, std, labels)
+    spread = {lab: float(np.nanstd(y[:, i] * std[i])) for i, lab in enumerate(labels)}
+    for lab in labels:
+        log.info("validation robust sigma %-8s %.4g (label spread %.4g)", lab, sig[lab],
+                 spread[lab])
+    return sig, spread
+
+
+def _write(path: str | Path, kind: str, arch: dict[str, Any], net: nn.Module,
+           meta: dict[str, Any], cfg: Mapping[str, Any], best_epoch: int) -> None:
+    """Write the pretrained checkpoint (with provenance) and log it."""
+    from specbridge.models.checkpoint import Checkpoint, provenance, save_checkpoint
+
+    save_checkpoint(path, Checkpoint(kind, arch, net.state_dict(),
+                                     {**meta, "provenance": provenance(cfg)}))
+    log.info("wrote %s (best epoch %d)", path, best_epoch)
+
+
+class _MaskedLoss:
+    """Masked-patch reconstruction loss of a SpecFormer: ``loss_sum`` for the training loop
+    (random masks from torch's global RNG) and ``validate`` (the same masks every epoch, from
+    a generator seeded with ``seed``), which also keeps the patch-mean baseline loss."""
+
+    def __init__(self, n_patches: int, sc: Mapping[str, Any], val_set: LabelledShards,
+                 seed: int, device: torch.device):
+        self.n_patches, self.sc, self.val_set = n_patches, sc, val_set
+        self.seed, self.device = seed, device
+        self.baseline = float("nan")
+
+    def masks(self, b: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        """(b, n_patches) boolean mask of the patches to reconstruct."""
+        from specbridge.models.specformer import chunk_mask
+
+        return chunk_mask(b, self.n_patches, self.sc["mask_fraction"], self.sc["mask_chunk"],
+                          gen).to(self.device)
+
+    def loss_sum(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+        """Summed loss of a batch and its number of spectra."""
+        import torch
+
+        flux = torch.from_numpy(batch.flux).to(self.device)
+        ivar = torch.from_numpy(batch.ivar).to(self.device)
+        loss, _ = net(flux, ivar, self.masks(flux.shape[0]))
+        return loss * flux.shape[0], flux.shape[0]
+
+    def validate(self, net: nn.Module) -> float:
+        """Mean validation loss per spectrum; sets ``baseline`` (predicting each masked patch
+        by its mean)."""
+        import torch
+
+        gen = torch.Generator().manual_seed(self.seed)
+        tot = base = 0.0
+        n = 0
+        for b in self.val_set.batches(0, 256, self.seed, shuffle=False, drop_last=False):
+            flux = torch.from_numpy(b.flux).to(self.device)
+            loss, bl = net(flux, torch.from_numpy(b.ivar).to(self.device),
+                           self.masks(len(flux), gen))
+            tot += float(loss) * len(flux)
+            base += float(bl) * len(flux)
+            n += len(flux)
+        self.baseline = base / max(n, 1)
+        return tot / max(n, 1)
+
+
+def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
+                         outputs: Mapping[str, Any], env: DistEnv, device: torch.device
+                         ) -> None:
+    """Self-supervised masked-patch pretraining of the SpecFormer on all usable spectra; rank 0
+    reports the validation loss and writes the checkpoint with the embedding statistics."""
+    import torch
+
+    from specbridge.models.checkpoint import build_model
+    from specbridge.training.data import LabelledShards
+    from specbridge.training.loop import LoopSettings, train
+
+    tr, sc, seed = cfg["training"], cfg["models"]["specformer"], cfg["seed"]
+    kw = {"labels": cfg["labels"], "val_fraction": tr["val_fraction"], "require_labels": False,
+          "with_ivar": True}
+    train_set = LabelledShards(inputs["spectra"], split="train", **kw)
+    val_set = LabelledShards(inputs["spectra"], split="val", **kw)
+    arch = {"npix": int(cfg["grid"]["npix"]), **sc}
+    torch.manual_seed(seed)
+    net = build_model("specformer", arch).to(device)
+    if env.is_main:
+        log.info("SpecFormer: %d parameters; %d training, %d validation spectra; %d rank(s)",
+                 sum(p.numel() for p in net.parameters()), train_set.n, val_set.n,
+                 env.world_size)
+    task = _MaskedLoss(net.n_patches, sc, val_set, seed, device)
+
+    def train_batches(epoch: int):
+        return train_set.batches(epoch, tr["batch_size"], seed, env.rank, env.world_size)
+
+    extra = {"model": "specformer", **arch}
+    net, state = train(net, task.loss_sum, train_batches, task.validate,
+                       LoopSettings.from_config(tr, seed), _workdir(outputs), env, device,
+                       extra, log)
+    if env.is_main:
+        net.eval()
+        with torch.no_grad():
+            val = task.validate(net)
+        emb_mean, emb_std = _embedding_stats(net, train_set, seed, device)
+        log.info("validation masked-reconstruction loss %.4g; predicting each masked patch by "
+                 "its mean: %.4g (ratio %.3f)", val, task.baseline,
+                 val / max(task.baseline, 1e-12))
+        meta = {"embed_mean": emb_mean, "embed_std": emb_std, "history": state.history,
+                "val_loss": val, "val_patch_mean_loss": task.baseline,
+                "best_epoch": state.best_epoch}
+        _write(outputs["checkpoint"], "specformer", arch, net, meta, cfg, state.best_epoch)
+
+
+def _embedding_stats(net: nn.Module, train_set: LabelledShards, seed: int,
+                     device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (d_model,) float32 of the SpecFormer embeddings of the
+    training spectra (a zero deviation replaced by 1), for standardising them downstream."""
+    import torch
+
+    embs = []
+    with torch.no_grad():
+        for b in train_set.batches(0, 256, seed, shuffle=False, drop_last=False):
+            embs.append(net.embed(torch.from_numpy(b.flux).to(device),
+                                  torch.from_numpy(b.ivar).to(device)).cpu().numpy())
+    e = np.concatenate(embs)
+    return e.mean(0), np.where(e.std(0) > 0, e.std(0), 1.0)
+

@@ -1,0 +1,77 @@
+"""The report: one HTML page with the evaluation's answers, the selection, per-regime tables
+and figures (one-to-one, residuals vs [Fe/H], per-regime scatter) and the VAC's overview; the
+figures are separate PNG files, also gathered by ``snakemake --report``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from specbridge.atomic import atomic_output
+from specbridge.errors import UserError, describe
+from specbridge.report.page import FIGURES, page_html
+from specbridge.stages import declared
+
+CONFIG_SECTIONS = ("evaluation", "inference")
+log = logging.getLogger("specbridge.report")
+
+
+def read_evaluation(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation tables, the test split's reference labels (n, n_labels) and predictions
+    ({candidate or 'routed': (value, error)}), and the VAC's tables."""
+    import h5py
+    from astropy.table import Table
+
+    from specbridge.vac.catalogue import read_fits_tables
+
+    try:
+        out = {k: Table.read(inputs[k], format="ascii.ecsv")
+               for k in ("metrics", "selection", "summary")}
+        with h5py.File(inputs["predictions"], "r") as h:
+            out["labels"] = [str(v) for v in h.attrs["labels"]]
+            out["candidates"] = [str(v) for v in h.attrs["candidates"]]
+            test = h["split"][()] == 2
+            out["ref"] = h["ref"][()][test]
+            out["preds"] = {n: (h[f"{n}/value"][()][test], h[f"{n}/error"][()][test])
+                            for n in [*out["candidates"], "routed"]}
+        out["vac"] = read_fits_tables(inputs["vac"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(f"cannot read the evaluation or the VAC: {describe(exc)}") from None
+    return out
+
+
+def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
+        comm: Any = None) -> int:
+    """The report page ``outputs['page']`` (figures beside it) from the evaluation's
+    ``inputs['metrics']``, ``['selection']``, ``['summary']``, ``['predictions']``, the VAC
+    ``inputs['vac']`` and the real-set tables ``inputs['real']`` (list, may be empty)."""
+    from specbridge import flags
+    from specbridge.report import figures
+
+    cfg = declared(cfg, CONFIG_SECTIONS)
+    out = Path(outputs["page"])
+    figdir = out.parent
+    figdir.mkdir(parents=True, exist_ok=True)
+    ev = read_evaluation(inputs)
+    labels, cands, preds, summary = ev["labels"], ev["candidates"], ev["preds"], ev["summary"]
+    thr = cfg["evaluation"]["feh_threshold"]
+    feh_ref = ev["ref"][:, labels.index("feh")]
+    zs = str(summary["zeroshot"][labels.index("feh")]) or cands[0]
+    ft = [str(v) for v in summary["finetuned"] if str(v)]
+    best_ft = max(set(ft), key=ft.count) if ft else cands[-1]
+    shown = {zs: preds[zs], best_ft: preds[best_ft], "routed": preds["routed"]}
+    figures.one_to_one(figdir / FIGURES[0], ev["ref"], shown, labels, feh_ref, thr)
+    figures.residual_vs_feh(figdir / FIGURES[1], ev["ref"], shown, labels, feh_ref, thr)
+    figures.regime_sigma(figdir / FIGURES[2], ev["metrics"], labels, [*cands, "routed"])
+    p = ev["vac"]["PARAMS"]
+    counts = {f.name: int(((p["FLAGS"] & f.value) != 0).sum()) for f in flags.FLAG_BITS}
+    figures.vac_overview(figdir / FIGURES[3], p, labels, {k: v for k, v in counts.items() if v})
+    text = page_html(vac_path=inputs["vac"], params=p, metrics=ev["metrics"],
+                     selection=ev["selection"], summary=summary, labels=labels,
+                     shown=(zs, best_ft), threshold=thr, router=cfg["inference"]["router"],
+                     real=inputs.get("real") or [], report_dir=out.parent)
+    with atomic_output(out) as tmp:
+        Path(tmp).write_text(text)
+    log.info("wrote %s and %d figures", out, len(FIGURES))
+    return 0
