@@ -92,3 +92,50 @@ def test_optional_and_missing_hdus(desi_dir):
     assert a.flux.shape == (25, 2751) and a.mask is None  # MASK is optional
     with pytest.raises(FormatError, match="no REDSHIFTS or ZBEST HDU"):
         desi.read_redshifts(desi_dir / "coadd-5-169-thru20210419.fits")
+
+
+# ---- every real DESI file through the manifest scan: its expected outcome ---------------------
+# file -> per-row flags besides NO_REDSHIFT (no redrock file given), or a fatal per-file error.
+# Short names: NV NO_VALID_PIXELS, EF EMPTY_FIBER, SF SKY_FIBER, LS LOW_SNR, ID NO_ID.
+# Checked and consistent in every file: *_WAVELENGTH vacuum Angstrom (BUNIT where present),
+# strictly increasing, the same length as *_FLUX/*_IVAR; no NaN/inf in FLUX/IVAR/RESOLUTION; no
+# negative IVAR; MASK set exactly where IVAR = 0 in the spectra-* files.
+SHORT = {"NV": "NO_VALID_PIXELS", "EF": "EMPTY_FIBER", "SF": "SKY_FIBER", "LS": "LOW_SNR",
+         "ID": "NO_ID"}
+QNP = "ID+LS ID ID+LS ID+LS ID ID ID+LS ID+LS ID ID ID+LS ID+NV ID+LS ID ID+LS ID+LS ID ID+LS " \
+      "ID+LS ID ID+LS ID+LS ID ID ID+LS"
+DESI_OUTCOMES = {
+    "coadd-5-169-thru20210419.fits": "NV+EF NV NV+EF NV+EF LS",
+    "spectra-5-169-thru20210419.fits": "NV+EF NV NV+EF NV+EF LS",
+    "coadd-sv3-dark-26065.fits": "NV+EF NV+EF LS NV+SF LS",
+    "spectra-sv3-dark-26065.fits": "NV+EF NV+EF LS NV+SF NV",  # row 4: IVAR 0 in this exposure
+    "fsf-coadd-4-80613-thru20210324.fits": "-",
+    "fsf-coadd-special-dark-27247.fits": "LS",
+    "quasarnp-test_coadd.fits": QNP,  # no FIBERMAP, no MASK/RESOLUTION, no BUNIT
+    # redrock files are not spectra
+    "fsf-redrock-4-80613-thru20210324.fits": ("MISSING_HDU", "missing HDU(s) B_WAVELENGTH"),
+    "fsf-redrock-special-dark-27247.fits": ("MISSING_HDU", "missing HDU(s) B_WAVELENGTH"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DESI_OUTCOMES))
+def test_every_real_file_has_its_expected_outcome(desi_dir, name):
+    from specbridge import flags
+    from specbridge.io.manifest import scan_desi_file
+
+    assert {p.name for p in desi_dir.glob("*.fits")} == set(DESI_OUTCOMES)
+    rows = scan_desi_file(str(desi_dir / name))
+    want = DESI_OUTCOMES[name]
+    if isinstance(want, tuple):
+        assert rows.size == 1 and rows["ROW"][0] == -1
+        assert flags.names(int(rows["FLAGS"][0])) == [want[0]]
+        assert want[1] in rows["FLAG_REASON"][0]
+        return
+    expected = [set() if w == "-" else {SHORT[c] for c in w.split("+")} for w in want.split()]
+    got = [set(flags.names(int(v))) - {"NO_REDSHIFT"} for v in rows["FLAGS"]]
+    assert got == expected
+    assert np.all(rows["FLAGS"] & flags.flag("NO_REDSHIFT"))
+    assert np.allclose(rows["WAVE_MIN"], 3600.0) and np.allclose(rows["WAVE_MAX"], 5800.0)
+    for arm in desi.desi_arms(desi_dir / name):
+        w = desi.read_arm(desi_dir / name, arm, parts=()).wave
+        assert np.all(np.diff(w) > 0) and 3600 <= w[0] and w[-1] < 9825

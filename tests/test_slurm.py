@@ -171,3 +171,17 @@ def test_whole_pipeline_under_slurm_then_rule_level_rerun(slurm_cluster, repo, t
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())
     again = read_fits_tables(res / "vac" / "specbridge-vac.fits")
     assert len(again["PARAMS"]) == 400
+
+    # Rerun triggers come from the stages' own config declarations: moving the regime
+    # threshold reruns validate_real (its figures use it), and nothing upstream of evaluation.
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(yaml.safe_dump({"evaluation": {"feh_threshold": -0.8}}))
+    r = subprocess.run(["snakemake", "-n", "-s", str(repo / "Snakefile"), "-d", str(tmp_path),
+                        "--configfile", str(repo / "config.yaml"), str(small), str(moved)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    plan = _job_counts(r.stdout + r.stderr)
+    n_real = len(list((res / "real").glob("*.ecsv")))
+    assert n_real >= 1 and plan.get("validate_real") == n_real, plan
+    assert {"evaluate", "infer", "report"} <= set(plan), plan
+    assert not {"preprocess", "pretrain_mlp", "finetune", "embed"} & set(plan), plan

@@ -24,7 +24,7 @@ from specbridge.cli import (
 )
 from specbridge.cli._common import CLIError
 from specbridge.config import ConfigError
-from specbridge.errors import UserError
+from specbridge.errors import UserError, describe
 from specbridge.io.fitsutil import FormatError
 
 # Each module contributes subcommands through register(subparsers).
@@ -57,4 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ConfigError, CLIError, FormatError, UserError) as err:
         print(f"specbridge {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # disk full, permission, a vanished file: one line, no stack
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"specbridge {args.command}: error: {where}{describe(err)}", file=sys.stderr)
+        logging.getLogger("specbridge").debug("traceback", exc_info=True)
         return 2

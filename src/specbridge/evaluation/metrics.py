@@ -6,7 +6,8 @@ import numpy as np
 
 
 def robust_sigma(dy: np.ndarray, iterations: int = 10, c: float = 6.0) -> float:
-    """Tukey-biweight scale of residuals dy (1-D) about their median (ANCHORS.md).
+    """Tukey-biweight scale of residuals dy (1-D) about their median: the robust sigma that
+    the LAMOST -> DESI transfer and SpecCLIP papers report (docs/design.md).
 
     Starts from s = MAD / 0.6745 and iterates s <- sqrt(n sum d^2 (1-u^2)^4) /
     |sum (1-u^2)(1-5u^2)| with u = d / (c s), points with |u| >= 1 getting no weight, until it

@@ -10,9 +10,12 @@ from astropy.table import Table
 
 from specbridge.evaluation.metrics import METRIC_COLUMNS, residual_metrics
 from specbridge.inference.routing import METAL_POOR, METAL_RICH, regime_of
+from specbridge.labels import (
+    UNITS,  # noqa: F401  (re-exported: label -> unit)
+    unit,
+)
 from specbridge.splits import SPLIT_CODES
 
-UNITS = {"teff": "K", "logg": "dex", "feh": "dex", "alpha_fe": "dex"}
 ROUTED = "routed"
 
 
@@ -49,7 +52,7 @@ def metrics_rows(name: str, split: np.ndarray, value: np.ndarray, error: np.ndar
                     stats = residual_metrics(value[m, i], error[m, i], ref[m, i], ref_err[m, i])
                     rows.append({"candidate": name, "model": model or name,
                                  "strategy": strategy, "split": sp, "label": lab,
-                                 "unit": UNITS.get(lab, ""), "regime": rg, "snr_bin": bn,
+                                 "unit": unit(lab), "regime": rg, "snr_bin": bn,
                                  **stats})
     return rows
 
@@ -88,7 +91,7 @@ def summary(metrics: Table, labels: Sequence[str], candidates: Sequence[str]) ->
         s_zs = test.get(zs, np.nan) if zs else np.nan
         s_ft = test.get(ft, np.nan) if ft else np.nan
         rows.append({
-            "label": lab, "unit": UNITS.get(lab, ""),
+            "label": lab, "unit": unit(lab),
             "zeroshot": zs or "", "zeroshot_test_sigma": s_zs,
             "finetuned": ft or "", "finetuned_test_sigma": s_ft,
             "single": single or "", "single_test_sigma": test.get(single, np.nan),

@@ -75,11 +75,10 @@ def crossmatch(labels: LabelTable, ra: np.ndarray, dec: np.ndarray,
         lab_idx = np.flatnonzero(lab_pos)
         cs = SkyCoord(ra[spec_idx] * u.deg, dec[spec_idx] * u.deg)
         cl = SkyCoord(labels.ra[lab_idx] * u.deg, labels.dec[lab_idx] * u.deg)
-        i_s, i_l, d2d, _ = cs.search_around_sky(cl, radius_arcsec * u.arcsec) \
-            if False else cl.search_around_sky(cs, radius_arcsec * u.arcsec)
-        # search_around_sky(cs, r) on cl returns (idx into cs? no): normalise below
+        # every (spectrum, label) pair within the radius: cl.search_around_sky(cs, r) returns
+        # the indices into its argument cs (spectra) first, then into cl (labels) itself
+        i_s, i_l, d2d, _ = cl.search_around_sky(cs, radius_arcsec * u.arcsec)
         d = d2d.to_value(u.arcsec)
-        # cl.search_around_sky(cs, r) -> (idx of cs, idx of cl, sep)
         counts = np.bincount(i_s, minlength=spec_idx.size)
         order = np.lexsort((d, i_s))
         first = np.ones(order.size, bool)

@@ -1,7 +1,7 @@
 """Reference-label catalogues: APOGEE DR17 allStar-like FITS, and generic CSV/FITS tables.
 
-Both readers return a :class:`LabelTable` with the labels specbridge learns, in its own names:
-``teff`` (K), ``logg`` (dex, cgs), ``feh`` ([Fe/H], dex), ``alpha_fe`` ([alpha/Fe], dex), each
+Both readers return a :class:`LabelTable` with the labels specbridge learns, in its own names
+and units (:mod:`specbridge.labels`: ``teff`` K, ``logg``, ``feh``, ``alpha_fe`` dex), each
 with an uncertainty (NaN when unknown), plus what the cross-match needs.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from specbridge.io.fitsutil import FormatError, guarded_read, open_fits
+from specbridge.labels import LABEL_NAMES as LABELS
 
-LABELS = ("teff", "logg", "feh", "alpha_fe")
 # APOGEE DR17 ASPCAPFLAG: bits >= 16 are the BAD bits (STAR_BAD = 23 among them)
 ASPCAPFLAG_BAD_MASK = ~np.int64((1 << 16) - 1)
 # APOGEE DR17 STARFLAG bits that make a star's parameters unreliable:

@@ -17,7 +17,8 @@ grid is used and the spectrum carries the non-fatal flag ``WAVE_FROM_HEADER``
 Wavelengths are returned in vacuum Angstrom: every LAMOST file seen has VACUUM = T; a file with
 VACUUM = F is converted from air. Metadata come from the primary header; the DR1 spellings
 SN_U...SN_Z of the S/N keywords are accepted, and LAMOST's null value -9999 (e.g. Z = -9999
-when the pipeline measured no redshift) is read as NaN.
+when the pipeline measured no redshift) is read as NaN. (The pilot headers write S/N = 99.0
+where the DR1 catalogue has -9999: a ceiling, not a null; kept as written.)
 """
 
 from __future__ import annotations

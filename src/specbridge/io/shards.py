@@ -33,8 +33,8 @@ import h5py
 import numpy as np
 
 from specbridge.atomic import atomic_output
+from specbridge.labels import LABEL_NAMES  # order of the ``labels`` columns; kept importable
 
-LABEL_NAMES = ("teff", "logg", "feh", "alpha_fe")
 ROW_FIELDS = ("specid", "manifest_row", "flags", "snr", "z", "labels", "label_errors")
 
 

@@ -21,6 +21,8 @@ import numpy as np
 
 from specbridge.atomic import atomic_output
 from specbridge.io import desi as desi_io
+from specbridge.kernels.pipeline import LAMOST_R
+from specbridge.labels import LABEL_NAMES, column
 from specbridge.mock import physics
 from specbridge.mock.emulator import MilesEmulator
 from specbridge.mock.miles import load_miles
@@ -30,7 +32,6 @@ from specbridge.mock.reference import reference_dir, sha256
 log = logging.getLogger(__name__)
 
 LAMOST_LOG0, LAMOST_DLOG, LAMOST_NPIX = 3.5682, 1e-4, 3909
-LAMOST_R = 1800.0
 SURVEY_CODE = {"lamost": 1, "desi": 2}
 LAMOST_OBSID0 = 900_000_000
 DESI_TARGETID0 = 39_690_000_000_000_000
@@ -404,13 +405,14 @@ def apogee_catalogue(lamost: dict[str, np.ndarray], desi: dict[str, np.ndarray],
 def truth_table(stars: dict[str, np.ndarray], survey: str) -> np.ndarray:
     n = stars["id"].size
     t = np.zeros(n, dtype=[("SURVEY", "S6"), ("SPECID", "i8"), ("GAIA_ID", "i8"),
-                           ("RA", "f8"), ("DEC", "f8"), ("TEFF", "f4"), ("LOGG", "f4"),
-                           ("FEH", "f4"), ("ALPHA_FE", "f4"), ("RV", "f4"),
+                           ("RA", "f8"), ("DEC", "f8"),
+                           *[(column(lab), "f4") for lab in LABEL_NAMES], ("RV", "f4"),
                            ("COMPONENT", "S5")])
     t["SURVEY"], t["SPECID"], t["GAIA_ID"] = survey, stars["id"], stars["gaia_id"]
     t["RA"], t["DEC"], t["RV"] = stars["ra"], stars["dec"], stars["rv"]
-    t["TEFF"], t["LOGG"], t["FEH"] = stars["teff"], stars["logg"], stars["feh"]
-    t["ALPHA_FE"], t["COMPONENT"] = stars["alpha_fe"], stars["component"]
+    for lab in LABEL_NAMES:
+        t[column(lab)] = stars[lab]
+    t["COMPONENT"] = stars["component"]
     return t
 
 

@@ -13,10 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from specbridge.evaluation.metrics import residual_metrics  # noqa: E402
-from specbridge.evaluation.tables import UNITS  # noqa: E402
-
-PRETTY = {"teff": r"$T_\mathrm{eff}$", "logg": r"$\log g$", "feh": "[Fe/H]",
-          "alpha_fe": r"[$\alpha$/Fe]"}
+from specbridge.labels import axis_label, column, tex, unit  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
@@ -50,13 +47,13 @@ def one_to_one(path: str | Path, ref: np.ndarray, preds: dict[str, tuple[np.ndar
             ax.set_xlim(lo - pad, hi + pad)
             ax.set_ylim(lo - pad, hi + pad)
             m = residual_metrics(y, preds[name][1][:, i], x)
-            ax.text(0.04, 0.96, f"$\\sigma$ = {m['robust_sigma']:.3g} {UNITS.get(lab, '')}\n"
+            ax.text(0.04, 0.96, f"$\\sigma$ = {m['robust_sigma']:.3g} {unit(lab)}\n"
                     f"bias = {m['bias']:.2g}\nn = {m['n']}", transform=ax.transAxes,
                     va="top", fontsize=8)
             if i == 0:
                 ax.set_title(name, fontsize=10)
-            ax.set_xlabel(f"reference {PRETTY.get(lab, lab)}", fontsize=8)
-            ax.set_ylabel(f"predicted {PRETTY.get(lab, lab)}", fontsize=8)
+            ax.set_xlabel(f"reference {tex(lab)}", fontsize=8)
+            ax.set_ylabel(f"predicted {tex(lab)}", fontsize=8)
             ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=7, loc="lower right")
     _save(fig, path)
@@ -94,7 +91,7 @@ def residual_vs_feh(path: str | Path, ref: np.ndarray, preds: dict[str, tuple[np
                 ax.set_title(name, fontsize=10)
             if i == len(labels) - 1:
                 ax.set_xlabel("reference [Fe/H]", fontsize=8)
-            ax.set_ylabel(f"$\\Delta$ {PRETTY.get(lab, lab)}", fontsize=8)
+            ax.set_ylabel(f"$\\Delta$ {tex(lab)}", fontsize=8)
             ax.tick_params(labelsize=7)
     _save(fig, path)
 
@@ -118,7 +115,7 @@ def regime_sigma(path: str | Path, table, labels: Sequence[str], candidates: Seq
             ax.bar(x + (k - 1) * 0.27, vals, width=0.27, label=rg.replace("_", "-"))
         ax.set_xticks(x)
         ax.set_xticklabels(candidates, rotation=70, fontsize=7)
-        ax.set_title(f"{PRETTY.get(lab, lab)} ({UNITS.get(lab, '')}), {split}", fontsize=9)
+        ax.set_title(f"{axis_label(lab)}, {split}", fontsize=9)
         ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("robust $\\sigma$")
     axes[0, 0].legend(fontsize=7)
@@ -129,18 +126,19 @@ def vac_overview(path: str | Path, params: np.ndarray, labels: Sequence[str],
                  flag_counts: dict[str, int]) -> None:
     """Kiel diagram coloured by [Fe/H], histograms of each label, and flag counts."""
     fig, axes = plt.subplots(1, len(labels) + 2, figsize=(3.2 * (len(labels) + 2), 3.2))
-    if {"TEFF", "LOGG", "FEH"} <= set(params.dtype.names):
+    teff, logg, feh = column("teff"), column("logg"), column("feh")
+    if {teff, logg, feh} <= set(params.dtype.names):
         ax = axes[0]
-        sc = ax.scatter(params["TEFF"], params["LOGG"], c=params["FEH"], s=2, cmap="viridis")
+        sc = ax.scatter(params[teff], params[logg], c=params[feh], s=2, cmap="viridis")
         ax.invert_xaxis()
         ax.invert_yaxis()
-        ax.set_xlabel(r"$T_\mathrm{eff}$ (K)")
-        ax.set_ylabel(r"$\log g$")
-        fig.colorbar(sc, ax=ax, label="[Fe/H]")
+        ax.set_xlabel(axis_label("teff"))
+        ax.set_ylabel(tex("logg"))
+        fig.colorbar(sc, ax=ax, label=tex("feh"))
     for i, lab in enumerate(labels):
-        v = params[lab.upper()]
+        v = params[column(lab)]
         axes[i + 1].hist(v[np.isfinite(v)], bins=40, color="C0")
-        axes[i + 1].set_xlabel(f"{PRETTY.get(lab, lab)} ({UNITS.get(lab, '')})")
+        axes[i + 1].set_xlabel(axis_label(lab))
     ax = axes[-1]
     names = list(flag_counts)
     ax.barh(np.arange(len(names)), [flag_counts[n] for n in names], color="C1")

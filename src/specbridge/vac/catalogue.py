@@ -18,14 +18,13 @@ import h5py
 import numpy as np
 
 from specbridge import __version__, flags
+from specbridge import labels as lb
 from specbridge.atomic import atomic_output
 from specbridge.io.fitsutil import fits_text
 from specbridge.io.shards import read_index, read_shard
 from specbridge.vac.healpix import ang2pix_nest
 
 HPX_NSIDE = 64
-LABEL_UNITS = {"teff": ("K", "effective temperature"), "logg": ("dex", "log10(g / cm s^-2)"),
-               "feh": ("dex", "[Fe/H]"), "alpha_fe": ("dex", "[alpha/Fe]")}
 DEPENDENCIES = ("numpy", "torch", "peft", "numba", "mpi4py", "h5py", "fitsio", "astropy",
                 "snakemake")
 SOURCE_LEN = 24
@@ -36,19 +35,23 @@ def params_columns(labels: Sequence[str]) -> list[tuple[str, str, str, str]]:
     cols = [("TARGETID", "i8", "", "DESI TARGETID (negative: synthetic ID of an unreadable "
                                    "file, see FLAGS)")]
     for lab in labels:
-        unit, what = LABEL_UNITS[lab]
-        name = lab.upper()
+        unit, what, name = lb.unit(lab), lb.description(lab), lb.column(lab)
         cols += [(name, "f4", unit, f"{what}, routed by regime (NaN: no prediction)"),
                  (f"{name}_ERR", "f4", unit, f"predicted 1-sigma uncertainty of {name}"),
                  (f"{name}_SOURCE", f"S{SOURCE_LEN}", "",
                   f"candidate (model_strategy) that served {name}")]
     cols += [("REGIME", "i2", "", "0 metal-poor, 1 metal-rich (router's [Fe/H] vs the "
-                                  "threshold), -1 none"),
+                                  "threshold; see NOT_ROUTED), -1 none"),
              ("FLAGS", "i8", "", "bitmask, docs/datamodel/flags.md (0: no problem)"),
              ("FLAG_NAMES", "S96", "", "names of the bits set in FLAGS"),
              ("FLAG_REASON", "S128", "", "why a fatal flag was set while reading"),
              ("SNR", "f4", "", "median per-pixel S/N over 4000-5600 A")]
     return cols
+
+
+def candidate_column(candidate: str, label: str) -> str:
+    """CANDIDATES column of a candidate's label, e.g. MLP_LORA_TEFF."""
+    return f"{candidate.upper()}_{lb.column(label)}"
 
 
 def candidate_columns(labels: Sequence[str], candidates: Sequence[str]
@@ -57,8 +60,8 @@ def candidate_columns(labels: Sequence[str], candidates: Sequence[str]
     cols = [("TARGETID", "i8", "", "DESI TARGETID")]
     for c in candidates:
         for lab in labels:
-            unit, what = LABEL_UNITS[lab]
-            name = f"{c}_{lab}".upper()
+            unit, what = lb.unit(lab), lb.description(lab)
+            name = candidate_column(c, lab)
             cols += [(name, "f4", unit, f"{what} predicted by {c}"),
                      (f"{name}_ERR", "f4", unit, "its 1-sigma uncertainty")]
     return cols
@@ -131,12 +134,13 @@ def build_catalogue(predictions: str | Path, manifest: str | Path) -> dict[str, 
         params["SNR"][r] = d["snr"]
         params["REGIME"][r] = d["regime"]
         for i, lab in enumerate(labels):
-            params[lab.upper()][r] = d["value"][:, i]
-            params[f"{lab.upper()}_ERR"][r] = d["error"][:, i]
-            params[f"{lab.upper()}_SOURCE"][r] = names[d["served"][:, i]]
+            col = lb.column(lab)
+            params[col][r] = d["value"][:, i]
+            params[f"{col}_ERR"][r] = d["error"][:, i]
+            params[f"{col}_SOURCE"][r] = names[d["served"][:, i]]
             for k, c in enumerate(cands):
-                candt[f"{c}_{lab}".upper()][r] = d["candidate_value"][k, :, i]
-                candt[f"{c}_{lab}_ERR".upper()][r] = d["candidate_error"][k, :, i]
+                candt[candidate_column(c, lab)][r] = d["candidate_value"][k, :, i]
+                candt[f"{candidate_column(c, lab)}_ERR"][r] = d["candidate_error"][k, :, i]
     missing = ~seen
     params["FLAGS"][missing] = m["FLAGS"][missing] | flags.flag("PREDICTION_FAILED")
     params["REGIME"][missing] = -1
@@ -171,8 +175,10 @@ def provenance(cat: dict[str, Any], vac_name: str, config_hash: str
              ("HPXNSIDE", HPX_NSIDE, "HEALPix nside of the HEALPIX column"),
              ("HPXNEST", True, "HEALPix nested scheme"),
              ("ROUTER", routing["router"], "candidate whose [Fe/H] sets the regime"),
-             ("FEHTHR", float(routing["threshold"]), "[dex] regime threshold in [Fe/H]"),
-             ("BLENDW", float(routing["blend_width"]), "[dex] blend width at the threshold")]
+             ("FEHTHR", float(routing["threshold"]),
+              f"[{lb.unit('feh')}] regime threshold in [Fe/H]"),
+             ("BLENDW", float(routing["blend_width"]),
+              f"[{lb.unit('feh')}] blend width at the threshold")]
     for k, dep in enumerate(DEPENDENCIES):
         try:
             ver = metadata.version(dep)
