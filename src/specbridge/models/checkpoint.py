@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -171,7 +170,7 @@ def _read(path: Path) -> Any:
         raise
     except OSError as exc:
         raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
-    except (pickle.UnpicklingError, Exception) as exc:
+    except Exception as exc:  # whatever torch raises on a foreign or hostile file
         raise UserError(f"{path}: not a specbridge checkpoint "
                         f"({_refusal_reason(exc)})") from None
 

@@ -52,6 +52,8 @@ class LoopState:
 
 
 def make_optimizer(params, s: LoopSettings) -> torch.optim.Optimizer:
+    """The optimizer ``s.optimizer`` (adamw, adam, else SGD with momentum 0.9) over
+    ``params`` with the learning rate and weight decay of ``s``."""
     if s.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     if s.optimizer == "adam":
@@ -60,6 +62,7 @@ def make_optimizer(params, s: LoopSettings) -> torch.optim.Optimizer:
 
 
 def make_scheduler(opt, s: LoopSettings):
+    """Per-epoch learning-rate schedule: cosine annealing over ``s.epochs`` or constant."""
     if s.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, s.epochs))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
@@ -224,5 +227,6 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
 
 
 def batch_size_of(batch: Any) -> int:
+    """Number of samples in ``batch`` (the first dimension of its ``x``, or of itself)."""
     x = getattr(batch, "x", batch)
     return int(x.shape[0])
