@@ -4,7 +4,7 @@
 #   snakemake --profile slurm               the same rule graph as SLURM jobs (see slurm/)
 #   snakemake --profile slurm cluster_check check MPI and torch.distributed on the cluster first
 #
-# The rule graph is described in README.md and ../shared/DESIGN.md; every rule runs one
+# The rule graph is described in README.md and docs/architecture.md; every rule runs one
 # `specbridge <stage>` subcommand that can also be run by hand.
 
 from snakemake.utils import min_version

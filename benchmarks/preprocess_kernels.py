@@ -44,7 +44,7 @@ def best_rate(func, n: int, repeats: int = 3) -> float:
 
 
 def scipy_continuum_peer(flux: np.ndarray) -> np.ndarray:
-    """The per-spectrum SciPy continuum of ANCHORS.md: median filter 7, Savitzky-Golay, ten
+    """The per-spectrum SciPy continuum of docs/design.md: median filter 7, Savitzky-Golay, ten
     iterated degree-5 upper-envelope polynomial fits."""
     from scipy.signal import medfilt, savgol_filter
 

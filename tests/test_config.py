@@ -19,7 +19,7 @@ def test_default_config_is_valid_and_complete(repo):
 
 def test_empty_config_gets_paper_defaults():
     cfg = validate_config({})
-    # ANCHORS.md: AdamW, lr 1e-5, weight decay 1e-4, batch 32, 100 epochs; MLP 1024-512-64
+    # docs/design.md: AdamW, lr 1e-5, weight decay 1e-4, batch 32, 100 epochs; MLP 1024-512-64
     assert cfg["training"]["optimizer"] == "adamw"
     assert cfg["training"]["lr"] == 1e-5
     assert cfg["training"]["batch_size"] == 32

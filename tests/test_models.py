@@ -12,7 +12,7 @@ def test_mlp_has_the_papers_parameter_count():
     # 1462*1024+1024 + 2*1024 + 1024*512+512 + 2*512 + 512*64+64 + 2*64 + 2*(64+1)
     m = SpectrumMLP(1462, (1024, 512, 64), n_labels=1)
     n = sum(p.numel() for p in m.parameters() if p.requires_grad)
-    # Linear+BN 1462->1024->512->64 plus mean and log-variance heads: ~2.06 M (ANCHORS.md)
+    # Linear+BN 1462->1024->512->64 plus mean and log-variance heads: ~2.06 M (docs/design.md)
     assert n == 2_059_074
     mean, log_var = SpectrumMLP(1462, (1024, 512, 64), n_labels=4).eval()(torch.randn(5, 1462))
     assert mean.shape == log_var.shape == (5, 4)
@@ -57,4 +57,4 @@ def test_specformer_shapes_and_masked_loss():
 def test_specformer_production_size():
     m = SpecFormer(d_model=768, n_layers=6, n_heads=6)
     n = sum(p.numel() for p in m.parameters())
-    assert 40e6 < n < 46e6  # ~43 M (ANCHORS.md)
+    assert 40e6 < n < 46e6  # ~43 M (docs/design.md)

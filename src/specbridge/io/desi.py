@@ -1,9 +1,9 @@
 """DESI coadd-* and spectra-* files (healpix- or tile-grouped) and redrock redshift files.
 
-Layout (ANCHORS.md): FIBERMAP (TARGETID, TARGET_RA/DEC, OBJTYPE, ...), EXP_FIBERMAP, SCORES, then
-per arm B/R/Z the HDUs ``{ARM}_WAVELENGTH`` (vacuum Angstrom, shape (npix,)), ``{ARM}_FLUX`` and
-``{ARM}_IVAR`` (shape (nspec, npix), 1e-17 erg/s/cm2/A and its inverse variance),
-``{ARM}_MASK`` (int, possibly a tile-compressed image) and ``{ARM}_RESOLUTION``
+Layout (docs/design.md): FIBERMAP (TARGETID, TARGET_RA/DEC, OBJTYPE, ...), EXP_FIBERMAP,
+SCORES, then per arm B/R/Z the HDUs ``{ARM}_WAVELENGTH`` (vacuum Angstrom, shape (npix,)),
+``{ARM}_FLUX`` and ``{ARM}_IVAR`` (shape (nspec, npix), 1e-17 erg/s/cm2/A and its inverse
+variance), ``{ARM}_MASK`` (int, possibly a tile-compressed image) and ``{ARM}_RESOLUTION``
 (shape (nspec, ndiag, npix)). Only the rows, arms and HDUs asked for are read.
 """
 

@@ -25,6 +25,7 @@ from specbridge.io.crossmatch import crossmatch
 from specbridge.io.fitsutil import FormatError, opened
 from specbridge.io.labels import LabelTable
 from specbridge.kernels.grid import LogGrid
+from specbridge.labels import LABELS
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
 )
 DTYPE = np.dtype([(name, dt) for name, dt, _, _ in COLUMNS])
 SYNTHETIC_ID_OFFSET = 10**12
-LABEL_COLUMNS = {"teff": "TEFF", "logg": "LOGG", "feh": "FEH", "alpha_fe": "ALPHA_FE"}
+LABEL_COLUMNS = {lab.name: lab.column for lab in LABELS}
 
 
 @dataclass(frozen=True)

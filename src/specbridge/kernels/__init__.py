@@ -1,7 +1,7 @@
 """Numba kernels for preprocessing, batched over spectra (rows), with NumPy references in
 ``specbridge.kernels.reference`` that only the tests use.
 
-All kernels work on the common grid of DESIGN.md: log10 lambda = 3.602 + 1e-4 i, i < 1462
+All kernels work on the common grid (docs/design.md): log10 lambda = 3.602 + 1e-4 i, i < 1462
 (vacuum Angstrom), described by its pixel edges.
 """
 

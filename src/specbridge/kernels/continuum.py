@@ -1,6 +1,6 @@
 """Continuum normalisation by a robust upper-envelope polynomial fit (Numba).
 
-Per spectrum (in the spirit of the SpecCLIP group's LAMOST normalisation, ANCHORS.md):
+Per spectrum (in the spirit of the SpecCLIP group's LAMOST normalisation, docs/design.md):
 1. a running median of the usable pixels (window ``median_window``) suppresses noise spikes;
 2. a polynomial of degree ``degree`` in x = 2 (i / (n - 1)) - 1 is fitted to it by least
    squares, up to ``iterations`` times, on blocks of ``stride`` pixels (the mean of the

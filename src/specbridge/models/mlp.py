@@ -1,4 +1,4 @@
-"""The spectrum MLP (ANCHORS.md): Linear -> BatchNorm -> ReLU -> Dropout blocks, then a head
+"""The spectrum MLP (docs/design.md): Linear -> BatchNorm -> ReLU -> Dropout blocks, then a head
 giving, per label, a mean and a log-variance (trained with a Gaussian negative log-likelihood
 that includes the reference label's own error)."""
 

@@ -1,4 +1,4 @@
-"""SpecFormer: a transformer foundation model for spectra (SpecCLIP conventions, ANCHORS.md).
+"""SpecFormer: a transformer foundation model for spectra (SpecCLIP conventions, docs/design.md).
 
 Each spectrum (batch, npix) is standardised by its own mean and standard deviation and cut into
 patches of ``patch_size`` pixels with stride ``patch_stride``; a leading token carries the

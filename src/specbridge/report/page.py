@@ -62,10 +62,11 @@ def page_html(*, vac_path: str, params: Any, metrics: Any, selection: Any, summa
     ``params`` is the VAC's PARAMS table, ``shown`` the zero-shot and fine-tuned candidates
     drawn in the one-to-one figure, ``threshold`` the regime split in [Fe/H] (dex)."""
     from specbridge import flags
+    from specbridge.labels import column
 
     zs, best_ft = shown
     n_rows = len(params)
-    n_ok = int((~flags.is_fatal(params["FLAGS"]) & np.isfinite(params[labels[0].upper()])
+    n_ok = int((~flags.is_fatal(params["FLAGS"]) & np.isfinite(params[column(labels[0])])
                 ).sum())
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>specbridge report</title>",

@@ -24,11 +24,11 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
     specid, split, snr, ref, ref_err, and '<candidate>/value', '<candidate>/error'."""
     from specbridge import flags
     from specbridge.inference.predict import predict_all, read_inputs
-    from specbridge.io.shards import LABEL_NAMES
+    from specbridge.labels import index
     from specbridge.progress import Progress
     from specbridge.splits import TRAIN, assign_split
 
-    cols = [LABEL_NAMES.index(lab) for lab in labels]
+    cols = [index(lab) for lab in labels]
     need = {c.feature for c in cands}
     bad = flags.FATAL_MASK | flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
     parts: dict[str, list[np.ndarray]] = {}

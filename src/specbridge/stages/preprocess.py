@@ -20,6 +20,7 @@ import numpy as np
 
 from specbridge import __version__, flags
 from specbridge.io.manifest import read_manifest_columns
+from specbridge.labels import LABELS
 from specbridge.parallel.executor import ShardJob, ShardResult, ShardTask, fingerprint, run_shards
 from specbridge.parallel.mpi import (
     bcast_from_rank0,
@@ -33,7 +34,7 @@ from specbridge.stages import declared
 
 CONFIG_SECTIONS = ("grid", "preprocess")
 
-_LABELS = ("TEFF", "LOGG", "FEH", "ALPHA_FE")
+_LABELS = tuple(lab.column for lab in LABELS)  # the shards' label order
 _NUMERIC = ("ROW", "SPECID", "Z", "SNR", "FLAGS", *_LABELS, *(f"{c}_ERR" for c in _LABELS))
 
 

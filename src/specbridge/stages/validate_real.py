@@ -73,7 +73,7 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     from astropy.table import Table
 
     from specbridge.evaluation.metrics import residual_metrics
-    from specbridge.io.shards import LABEL_NAMES
+    from specbridge.labels import column, index
 
     cfg = declared(cfg, CONFIG_SECTIONS)
     s = real_set(cfg, set_name)
@@ -83,16 +83,16 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     work.mkdir(parents=True, exist_ok=True)
     rows, cat, value, error, cand = predict_set(cfg, s, inputs["model"], work)
     labs = cand.labels
-    cols = [LABEL_NAMES.index(lab) for lab in labs]
+    cols = [index(lab) for lab in labs]
     t = Table()
     t["FILE"] = [Path(f).name for f in rows["FILE"]]
     t["SPECID"], t["SNR"], t["FLAGS"] = cat["specid"], cat["snr"], cat["flags"]
     summary = []
     for i, lab in enumerate(labs):
         ref = cat["labels"][:, cols[i]].astype(np.float64)
-        t[f"{lab.upper()}_REF"] = ref
-        t[f"{lab.upper()}_PRED"] = value[:, i]
-        t[f"{lab.upper()}_PRED_ERR"] = error[:, i]
+        t[f"{column(lab)}_REF"] = ref
+        t[f"{column(lab)}_PRED"] = value[:, i]
+        t[f"{column(lab)}_PRED_ERR"] = error[:, i]
         m = residual_metrics(value[:, i], error[:, i], ref, cat["label_errors"][:, cols[i]])
         summary.append({"label": lab, **m})
         if m["n"]:
@@ -114,11 +114,12 @@ def one_to_one_figure(path: str | Path, t: Any, labs: list[str], set_name: str,
                       threshold: float) -> None:
     """Predicted vs reference labels of the table ``t`` (labels with any reference only),
     coloured by regime about ``threshold`` ([Fe/H], dex)."""
+    from specbridge.labels import column
     from specbridge.report import figures
 
-    ref = np.column_stack([t[f"{lab.upper()}_REF"] for lab in labs])
-    value = np.column_stack([t[f"{lab.upper()}_PRED"] for lab in labs])
-    error = np.column_stack([t[f"{lab.upper()}_PRED_ERR"] for lab in labs])
+    ref = np.column_stack([t[f"{column(lab)}_REF"] for lab in labs])
+    value = np.column_stack([t[f"{column(lab)}_PRED"] for lab in labs])
+    error = np.column_stack([t[f"{column(lab)}_PRED_ERR"] for lab in labs])
     feh = ref[:, labs.index("feh")] if "feh" in labs else np.full(len(t), np.nan)
     keep = [i for i, lab in enumerate(labs) if np.isfinite(ref[:, i]).any()]
     with atomic_output(path) as tmp:
