@@ -105,3 +105,38 @@ def test_vac_refuses_a_manifest_that_does_not_match(transfer_run, small_mock, tm
     assert r.returncode == 2 and ("wrong manifest" in r.stderr or "outside" in r.stderr)
     assert not (tmp_path / "v.fits").exists()
     assert read_manifest(d / "desi.fits").size == 400
+
+
+def test_redshift_option_does_not_swallow_the_input_files(small_mock, tmp_path, tool_env):
+    """``--redshifts FILE coadd.fits``: the coadd is an input file, not a second redshift file."""
+    out = tmp_path / "m.fits"
+    r = _cli(["manifest", "--survey", "desi", "--output", out, "--redshifts",
+              small_mock["redrock"][0], small_mock["desi"][0]], tool_env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = read_manifest(out)
+    n = fitsio.read_header(small_mock["desi"][0], "FIBERMAP")["NAXIS2"]
+    assert rows.size == n
+    assert (rows["FLAGS"] & flags.flag("NO_REDSHIFT") == 0).all()
+
+
+def test_full_disk_during_preprocessing_is_one_line(small_mock, tmp_path, tool_env):
+    """Shards written to a full file system (a 300 kB tmpfs): one line naming the shard and
+    'disk full', exit 2, and nothing that looks complete left behind."""
+    from specbridge.io.manifest import write_manifest
+
+    write_manifest(tmp_path / "m.fits", build_manifest("lamost", small_mock["lamost"][:120]))
+    out = tmp_path / "tiny"
+    out.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(out)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        r = _cli(["preprocess", "--manifest", tmp_path / "m.fits", "--output",
+                  out / "index.h5", "--spectra-per-shard", "40"], tool_env)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert "failed: disk full" in r.stderr and "preprocess: shard" in r.stderr
+        assert not (out / "index.h5").exists()
+        assert not [p for p in (out / "shards").iterdir() if p.name.startswith(".")]
+    finally:
+        subprocess.run(["umount", str(out)], capture_output=True)

@@ -6,8 +6,10 @@ A killed job therefore never leaves a file under its final name that looks compl
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,16 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    noise = io.StringIO()
     try:
-        yield tmp
+        # h5py prints a stack per object it cannot free after a failed write (disk full):
+        # the failure itself is raised and reported once, so that echo is dropped
+        with contextlib.redirect_stderr(noise):
+            yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        sys.stderr.write(noise.getvalue())
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -24,7 +25,7 @@ from specbridge.cli import (
 )
 from specbridge.cli._common import CLIError
 from specbridge.config import ConfigError
-from specbridge.errors import UserError, describe
+from specbridge.errors import UserError, describe, quiet_cleanup_errors
 from specbridge.io.fitsutil import FormatError
 
 # Each module contributes subcommands through register(subparsers).
@@ -53,13 +54,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    sys.unraisablehook = quiet_cleanup_errors
     try:
         return int(args.func(args) or 0)
     except (ConfigError, CLIError, FormatError, UserError) as err:
         print(f"specbridge {args.command}: error: {err}", file=sys.stderr)
+        _leave_if_hdf5_is_stuck(2)
         return 2
     except OSError as err:  # disk full, permission, a vanished file: one line, no stack
         where = f"{err.filename}: " if err.filename else ""
         print(f"specbridge {args.command}: error: {where}{describe(err)}", file=sys.stderr)
         logging.getLogger("specbridge").debug("traceback", exc_info=True)
+        _leave_if_hdf5_is_stuck(2)
         return 2
+
+
+def _leave_if_hdf5_is_stuck(code: int) -> None:
+    """Exit at once when a failed HDF5 write (disk full) left objects HDF5 cannot close: its
+    exit handler would crash on them (SIGSEGV) after the error has been reported."""
+    h5py = sys.modules.get("h5py")
+    if h5py is not None and h5py.h5f.get_obj_ids():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
