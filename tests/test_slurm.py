@@ -185,3 +185,73 @@ def test_whole_pipeline_under_slurm_then_rule_level_rerun(slurm_cluster, repo, t
     assert n_real >= 1 and plan.get("validate_real") == n_real, plan
     assert {"evaluate", "infer", "report"} <= set(plan), plan
     assert not {"preprocess", "pretrain_mlp", "finetune", "embed"} & set(plan), plan
+
+
+# ---- the sbatch call the profile produces, without a cluster ----------------------------------
+
+FAKE_SBATCH = """#!/bin/bash
+# Records its arguments (NUL-separated, one file per call) and refuses the job, so that
+# snakemake stops right after its first submissions.
+printf '%s\\0' "$@" > "$(mktemp "$FAKE_SBATCH_DIR/call.XXXXXX")"
+cat > /dev/null
+echo "fake sbatch: not submitting" >&2
+exit 1
+"""
+
+
+def _fake_slurm_bin(tmp_path, account=""):
+    """sbatch that records its calls, and inert sacct/sacctmgr/sinfo/squeue so that nothing
+    reaches a real cluster: sacct guesses no account, sinfo shows no default partition."""
+    bin_dir = tmp_path / "fake-slurm-bin"
+    bin_dir.mkdir()
+    scripts = {"sbatch": FAKE_SBATCH, "sacctmgr": f"#!/bin/sh\necho '{account}'\n",
+               "sinfo": "#!/bin/sh\necho PARTITION\n"}
+    for tool in ("sacct", "sshare", "squeue", "scancel", "scontrol", "sinfo", "sacctmgr",
+                 "sbatch"):
+        p = bin_dir / tool
+        p.write_text(scripts.get(tool, "#!/bin/sh\nexit 0\n"))
+        p.chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("site", ["empty", "set"])
+def test_profile_passes_no_empty_site_values_to_sbatch(site, repo, tmp_path, tool_env):
+    """The real sbatch arguments of `snakemake --profile slurm cluster_check` (no cluster needed):
+    an empty QOS / constraint / account / partition gives no option at all, never `--qos=''` or
+    `-C ''`; set values appear once, as given."""
+    values = {"empty": {"SPECBRIDGE_SLURM_ACCOUNT": "", "SPECBRIDGE_SLURM_PARTITION": "",
+                        "SPECBRIDGE_SLURM_QOS": "", "SPECBRIDGE_CPU_CONSTRAINT": "",
+                        "SPECBRIDGE_GPU_CONSTRAINT": ""},
+              "set": {"SPECBRIDGE_SLURM_ACCOUNT": "m1234", "SPECBRIDGE_SLURM_PARTITION": "debug",
+                      "SPECBRIDGE_SLURM_QOS": "regular", "SPECBRIDGE_CPU_CONSTRAINT": "cpu",
+                      "SPECBRIDGE_GPU_CONSTRAINT": "gpu"}}[site]
+    env = profile_env(repo, tool_env, {**CPU_NODE, **values})
+    calls_dir = tmp_path / "sbatch-calls"
+    calls_dir.mkdir()
+    env["PATH"] = f"{_fake_slurm_bin(tmp_path, values['SPECBRIDGE_SLURM_ACCOUNT'])}:{env['PATH']}"
+    env["FAKE_SBATCH_DIR"] = str(calls_dir)
+    env.pop("SNAKEMAKE_SLURM_PARTITIONS", None)
+    workdir = tmp_path / "wd"
+    workdir.mkdir()
+    r = run_profile(repo, workdir, env, "cluster_check", timeout=120)
+    assert r.returncode != 0  # the fake sbatch refuses every job
+    calls = {}
+    for f in calls_dir.iterdir():
+        args = f.read_bytes().decode().split("\0")[:-1]
+        calls[args[args.index("--comment") + 1]] = args
+    assert set(calls) == {"rule_check_mpi", "rule_check_ddp"}, r.stdout[-3000:] + r.stderr[-3000:]
+
+    for rule, args in calls.items():
+        opts = [a for a in args if not a.startswith("--wrap")]
+        assert all(a and not a.endswith("=") and a != "''" for a in opts), (rule, opts)
+        assert not any(a.startswith(("--gres", "--gpus", "--constraint")) for a in opts), opts
+        if site == "empty":
+            for flag in ("-A", "--account", "-p", "--partition", "-C"):
+                assert flag not in opts, (rule, flag, opts)
+            assert not any(a.startswith(("--qos", "--account=", "--partition=")) for a in opts)
+        else:
+            constraint = "cpu" if rule == "rule_check_mpi" else "gpu"
+            assert opts.count("-C") == 1 and opts[opts.index("-C") + 1] == constraint, opts
+            assert [a for a in opts if a.startswith("--qos")] == ["--qos=regular"], opts
+            assert opts.count("-A") == 1 and opts[opts.index("-A") + 1] == "m1234", opts
+            assert opts.count("-p") == 1 and opts[opts.index("-p") + 1] == "debug", opts
