@@ -9,7 +9,8 @@ import subprocess
 EXPECTED_RULES = {
     "mock_survey": 1, "manifest": 2, "preprocess": 2, "pretrain_mlp": 1,
     "pretrain_specformer": 1, "embed": 2, "pretrain_emb_mlp": 1, "finetune": 9,
-    "evaluate": 1, "infer": 1, "vac": 1, "report": 1, "validate_real": 3, "all": 1,
+    "evaluate": 1, "infer": 1, "vac": 1, "report": 1, "validate_real": 3,
+    "real_scoreboard": 1, "all": 1,
 }
 
 

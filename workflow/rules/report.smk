@@ -10,6 +10,7 @@ rule report:
         predictions=out("evaluation", "predictions.h5"),
         vac=vac_outputs()[0],
         real=real_tables,
+        scoreboard=out("evaluation", "real_scoreboard.ecsv"),
     output:
         html=out("report", "index.html"),
         one_to_one=report(
@@ -52,8 +53,38 @@ rule report:
         "specbridge report --config {params.config} --metrics {input.metrics} "
         "--selection {input.selection} --summary {input.summary} "
         "--predictions {input.predictions} --vac {input.vac} {params.real} "
-        "--output {output.html} "
+        "--scoreboard {input.scoreboard} --output {output.html} "
         "> {log} 2>&1"
+
+
+rule real_scoreboard:
+    """Real labelled sets: bias and robust sigma per label, S/N bin and regime, with bootstrap
+    intervals over stars; one table per run (and its markdown)."""
+    input:
+        real=real_tables,
+    output:
+        table=out("evaluation", "real_scoreboard.ecsv"),
+        markdown=out("evaluation", "real_scoreboard.md"),
+    params:
+        config=CONFIG_FILE,
+        settings=stage_settings("scoreboard"),
+        real=real_args,
+    log:
+        log_path("real_scoreboard"),
+    benchmark:
+        benchmark_path("real_scoreboard")
+    localrule: True
+    threads: 1
+    resources:
+        nodes=1,
+        gpu=0,
+        runtime=10,
+        mem_mb=2000,
+    conda:
+        "../../envs/specbridge.yaml"
+    shell:
+        "specbridge scoreboard --config {params.config} {params.real} "
+        "--output {output.table} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule validate_real:

@@ -20,6 +20,7 @@ from specbridge.cli import (
     preprocess,
     pretrain,
     report,
+    scoreboard,
     vac,
     validate_real,
 )
@@ -30,7 +31,7 @@ from specbridge.io.fitsutil import FormatError
 
 # Each module contributes subcommands through register(subparsers).
 _COMMAND_MODULES = (mock, manifest, preprocess, pretrain, embed, finetune, evaluate, infer,
-                    vac, report, validate_real,
+                    vac, report, validate_real, scoreboard,
                     checks)
 
 

@@ -11,7 +11,8 @@ def run(args: argparse.Namespace) -> int:
     from specbridge.stages import report
 
     inputs = {"metrics": args.metrics, "selection": args.selection, "summary": args.summary,
-              "predictions": args.predictions, "vac": args.vac, "real": args.real}
+              "predictions": args.predictions, "vac": args.vac, "real": args.real,
+              "scoreboard": args.scoreboard}
     return report.run(config_from_args(args), inputs, {"page": args.output})
 
 
@@ -28,5 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", required=True, help="predictions.h5 of evaluate")
     p.add_argument("--vac", required=True, help="merged VAC FITS file")
     p.add_argument("--real", nargs="*", help="tables of validate-real (real LAMOST sets)")
+    p.add_argument("--scoreboard", help="scoreboard of the real sets (ECSV of scoreboard)")
     p.add_argument("--output", required=True, help="report HTML page (figures beside it)")
     p.set_defaults(func=run)

@@ -48,6 +48,23 @@ def real_sections(tables: list[str], report_dir: Path) -> list[str]:
     return parts
 
 
+def scoreboard_section(board: Any) -> list[str]:
+    """HTML of the real-data scoreboard (astropy Table of the scoreboard stage; None: no
+    section): the whole-set rows, then the cells by S/N bin and regime."""
+    from specbridge.stages.scoreboard import display_tables, intro
+
+    if board is None:
+        return []
+    parts = ["<h2>Real labelled spectra: scoreboard</h2>", f"<p>{html.escape(intro(board))}</p>"]
+    if not len(board):
+        return parts + ["<p>No real labelled set was found on this machine.</p>"]
+    top, rest = display_tables(board)
+    parts.append(table_html(top))
+    if len(rest):
+        parts += ["<h3>By S/N bin and [Fe/H] regime</h3>", table_html(rest)]
+    return parts
+
+
 _STYLE = ("<style>body{font-family:sans-serif;max-width:1400px;margin:auto}"
           "table{border-collapse:collapse;font-size:13px;margin:8px 0}"
           "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
@@ -56,11 +73,13 @@ _STYLE = ("<style>body{font-family:sans-serif;max-width:1400px;margin:auto}"
 
 def page_html(*, vac_path: str, params: Any, metrics: Any, selection: Any, summary: Any,
               labels: list[str], shown: tuple[str, str], threshold: float, router: str,
-              real: list[str], report_dir: Path) -> str:
-    """The report page: answers, selection, figures (named by :data:`FIGURES`, beside the
-    page), per-label tables by regime, the catalogue's overview and the real sets.
+              real: list[str], report_dir: Path, scoreboard: Any = None) -> str:
+    """The report page: the real sets' scoreboard, answers, selection, figures (named by
+    :data:`FIGURES`, beside the page), per-label tables by regime, the catalogue's overview
+    and the real sets' summaries and figures.
     ``params`` is the VAC's PARAMS table, ``shown`` the zero-shot and fine-tuned candidates
-    drawn in the one-to-one figure, ``threshold`` the regime split in [Fe/H] (dex)."""
+    drawn in the one-to-one figure, ``threshold`` the regime split in [Fe/H] (dex),
+    ``scoreboard`` the real sets' scoreboard table (None: no such section)."""
     from specbridge import flags
     from specbridge.labels import column
 
@@ -78,6 +97,7 @@ def page_html(*, vac_path: str, params: Any, metrics: Any, selection: Any, summa
         f"test DESI spectra with reference labels; regimes split at [Fe/H] = {threshold:g}; "
         f"router <code>{html.escape(router)}</code>. Robust sigma: "
         "Tukey biweight about the median.</p>",
+        *scoreboard_section(scoreboard),  # real spectra first
         "<h2>Answers (test split)</h2>",
         table_html(summary, ["label", "unit", "zeroshot", "zeroshot_test_sigma", "finetuned",
                              "finetuned_test_sigma", "routed_test_sigma",

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 STAGES = ("mock", "manifest", "preprocess", "pretrain", "embed", "finetune", "evaluate",
-          "infer", "vac", "report", "validate_real")
+          "infer", "vac", "report", "validate_real", "scoreboard")
 
 
 def stage_module(stage: str):

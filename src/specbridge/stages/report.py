@@ -41,11 +41,24 @@ def read_evaluation(inputs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_scoreboard(path: str | None) -> Any:
+    """The real-data scoreboard table (None without a path)."""
+    if not path:
+        return None
+    from astropy.table import Table
+
+    try:
+        return Table.read(path, format="ascii.ecsv")
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{path}: cannot read the scoreboard: {describe(exc)}") from None
+
+
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
         comm: Any = None) -> int:
     """The report page ``outputs['page']`` (figures beside it) from the evaluation's
     ``inputs['metrics']``, ``['selection']``, ``['summary']``, ``['predictions']``, the VAC
-    ``inputs['vac']`` and the real-set tables ``inputs['real']`` (list, may be empty)."""
+    ``inputs['vac']``, the real-set tables ``inputs['real']`` (list, may be empty) and their
+    scoreboard ``inputs['scoreboard']`` (ECSV of the scoreboard stage; optional)."""
     from specbridge import flags
     from specbridge.report import figures
 
@@ -70,7 +83,8 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     text = page_html(vac_path=inputs["vac"], params=p, metrics=ev["metrics"],
                      selection=ev["selection"], summary=summary, labels=labels,
                      shown=(zs, best_ft), threshold=thr, router=cfg["inference"]["router"],
-                     real=inputs.get("real") or [], report_dir=out.parent)
+                     real=inputs.get("real") or [], report_dir=out.parent,
+                     scoreboard=read_scoreboard(inputs.get("scoreboard")))
     with atomic_output(out) as tmp:
         Path(tmp).write_text(text)
     log.info("wrote %s and %d figures", out, len(FIGURES))

@@ -86,6 +86,7 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     cols = [index(lab) for lab in labs]
     t = Table()
     t["FILE"] = [Path(f).name for f in rows["FILE"]]
+    t["LABEL_ID"] = rows["LABEL_ID"]  # the reference star: repeat visits share it
     t["SPECID"], t["SNR"], t["FLAGS"] = cat["specid"], cat["snr"], cat["flags"]
     summary = []
     for i, lab in enumerate(labs):
