@@ -4,7 +4,8 @@
 rule pretrain_mlp:
     """The spectrum MLP on LAMOST spectra with reference labels (torch DDP)."""
     input:
-        preprocessed("lamost"),
+        spectra=preprocessed("lamost"),
+        holdout=preprocessed("desi"),
     output:
         pretrained("mlp"),
     params:
@@ -26,13 +27,15 @@ rule pretrain_mlp:
         "../../envs/specbridge.yaml"
     shell:
         "{resources.mpi} -n {resources.tasks} specbridge pretrain --config {params.config} "
-        "--model mlp --spectra {input} --output {output} > {log} 2>&1"
+        "--model mlp --spectra {input.spectra} --holdout {input.holdout} --output {output} "
+        "> {log} 2>&1"
 
 
 rule pretrain_specformer:
     """The SpecFormer foundation model, self-supervised masked-patch reconstruction (torch DDP)."""
     input:
-        preprocessed("lamost"),
+        spectra=preprocessed("lamost"),
+        holdout=preprocessed("desi"),
     output:
         pretrained("specformer"),
     params:
@@ -54,7 +57,8 @@ rule pretrain_specformer:
         "../../envs/specbridge.yaml"
     shell:
         "{resources.mpi} -n {resources.tasks} specbridge pretrain --config {params.config} "
-        "--model specformer --spectra {input} --output {output} > {log} 2>&1"
+        "--model specformer --spectra {input.spectra} --holdout {input.holdout} "
+        "--output {output} > {log} 2>&1"
 
 
 rule embed:
@@ -91,6 +95,7 @@ rule pretrain_emb_mlp:
     input:
         embeddings=embeddings("lamost"),
         spectra=preprocessed("lamost"),
+        holdout=preprocessed("desi"),
     output:
         pretrained("emb_mlp"),
     params:
@@ -113,4 +118,4 @@ rule pretrain_emb_mlp:
     shell:
         "{resources.mpi} -n {resources.tasks} specbridge pretrain --config {params.config} "
         "--model emb_mlp --spectra {input.spectra} --embeddings {input.embeddings} "
-        "--output {output} > {log} 2>&1"
+        "--holdout {input.holdout} --output {output} > {log} 2>&1"

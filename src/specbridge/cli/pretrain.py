@@ -17,7 +17,8 @@ def run(args: argparse.Namespace) -> int:
     from specbridge.stages import pretrain
 
     return pretrain.run(config_from_args(args),
-                        {"spectra": args.spectra, "embeddings": args.embeddings},
+                        {"spectra": args.spectra, "embeddings": args.embeddings,
+                         "holdout": args.holdout},
                         {"checkpoint": args.output, "workdir": args.workdir},
                         model=args.model, epochs=args.epochs)
 
@@ -33,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, choices=["mlp", "specformer", "emb_mlp"])
     p.add_argument("--spectra", required=True, help="index HDF5 of preprocessed LAMOST spectra")
     p.add_argument("--embeddings", help="index HDF5 of embeddings (model emb_mlp)")
+    p.add_argument("--holdout", metavar="INDEX",
+                   help="index HDF5 of preprocessed DESI spectra: LAMOST spectra of stars in "
+                        "its validation or test split are left out of pretraining")
     p.add_argument("--output", required=True, help="checkpoint to write")
     p.add_argument("--workdir", help="checkpoints for resuming (default: beside --output)")
     p.add_argument("--epochs", type=int, help="override training.epochs")

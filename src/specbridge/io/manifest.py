@@ -26,6 +26,7 @@ from specbridge.io.fitsutil import FormatError, opened
 from specbridge.io.labels import LabelTable
 from specbridge.kernels.grid import LogGrid
 from specbridge.labels import LABELS
+from specbridge.splits import star_keys
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("WAVE_MAX", "f8", "Angstrom", "last wavelength of the arm used (vacuum)"),
     ("NPIX", "i4", "", "pixels of the arm used"),
     ("LABEL_ID", "U32", "", "ID of the matched reference star ('' if none)"),
+    ("STAR_KEY", "i8", "", "key of the star (catalogue ID, else Gaia ID, else sky group): "
+     "splits follow it"),
     ("MATCH_METHOD", "U8", "", "file, spec_id, gaia or position"),
     ("MATCH_SEP", "f4", "arcsec", "separation of a positional match"),
     ("N_MATCH", "i2", "", "label-catalogue candidates for this spectrum"),
@@ -317,6 +320,8 @@ def build_manifest(survey: str, files: Sequence[str], labels: LabelTable | None 
     rows["SPECID"][no_id] = -(SYNTHETIC_ID_OFFSET + np.flatnonzero(no_id))
     flag_duplicates(rows)
     attach_labels(rows, labels, radius_arcsec)
+    rows["STAR_KEY"] = star_keys(rows["LABEL_ID"], rows["GAIA_ID"], rows["RA"], rows["DEC"],
+                                 rows["SPECID"])
     return rows
 
 
@@ -362,8 +367,15 @@ def read_manifest_columns(path: str | Path, columns: Sequence[str], chunk: int =
         with fitsio.FITS(str(path)) as fits:
             hdu = fits["MANIFEST"]
             n = hdu.get_nrows()
+            derive_star = "STAR_KEY" in plain and "STAR_KEY" not in hdu.get_colnames()
+            if derive_star:  # a manifest written before star keys: derive them as build does
+                plain = [c for c in plain if c != "STAR_KEY"]
+                ident = hdu.read(columns=["LABEL_ID", "GAIA_ID", "RA", "DEC", "SPECID"])
             t = hdu.read(columns=plain) if plain else None
             out: dict[str, Any] = {c: t[c] for c in plain} if t is not None else {}
+            if derive_star:
+                out["STAR_KEY"] = star_keys(ident["LABEL_ID"], ident["GAIA_ID"], ident["RA"],
+                                            ident["DEC"], ident["SPECID"])
             survey = hdu.read_column("SURVEY", rows=[0]) if n else np.array([b""])
             out["survey"] = fits_text(survey[0])
             if "FILE" in columns:

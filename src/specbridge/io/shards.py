@@ -10,6 +10,7 @@ flux            f4 (n, npix) continuum-normalised flux on the common grid (rest 
 ivar            f4 (n, npix) its inverse variance (0: no information)
 mask            u1 (n, npix) pixel bits (specbridge.flags.PIXEL_BITS)
 specid          i8 (n,)      TARGETID / OBSID (manifest SPECID)
+star            i8 (n,)      key of the star (manifest STAR_KEY): splits follow it
 manifest_row    i8 (n,)      row in the manifest
 flags           i8 (n,)      spectrum flag bits (specbridge.flags.FLAG_BITS)
 snr             f4 (n,)      manifest S/N
@@ -35,7 +36,8 @@ import numpy as np
 from specbridge.atomic import atomic_output
 from specbridge.labels import LABEL_NAMES  # order of the ``labels`` columns; kept importable
 
-ROW_FIELDS = ("specid", "manifest_row", "flags", "snr", "z", "labels", "label_errors")
+ROW_FIELDS = ("specid", "star", "manifest_row", "flags", "snr", "z", "labels",
+              "label_errors")
 
 
 def write_shard(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:

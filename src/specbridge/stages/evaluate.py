@@ -35,7 +35,7 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
     progress = Progress("evaluate", log, unit="shards")
     for k, s in enumerate(shards):
         d = read_inputs(s, need)
-        split = assign_split(d["specid"], ft["val_fraction"], ft["test_fraction"])
+        split = assign_split(d["star"], ft["val_fraction"], ft["test_fraction"])
         ref = d["labels"][:, cols]
         keep = ((d["flags"] & bad) == 0) & np.isfinite(ref).any(1) & (split != TRAIN)
         sub = {key: v[keep] for key, v in d.items()}

@@ -35,16 +35,19 @@ from specbridge.stages import declared
 CONFIG_SECTIONS = ("grid", "preprocess")
 
 _LABELS = tuple(lab.column for lab in LABELS)  # the shards' label order
-_NUMERIC = ("ROW", "SPECID", "Z", "SNR", "FLAGS", *_LABELS, *(f"{c}_ERR" for c in _LABELS))
+_NUMERIC = ("ROW", "SPECID", "STAR_KEY", "Z", "SNR", "FLAGS", *_LABELS,
+            *(f"{c}_ERR" for c in _LABELS))
 
 
 def read_manifest_rows(path: str | Path) -> dict[str, Any]:
     """What preprocessing needs of a manifest: ``files`` (nfiles,) and ``file_idx`` (n,), and
-    per row ``row``, ``specid``, ``z``, ``snr``, ``flags``, ``labels`` and ``label_errors``
+    per row ``row``, ``specid``, ``star`` (the star key), ``z``, ``snr``, ``flags``,
+    ``labels`` and ``label_errors``
     (n, 4) (teff K, logg dex, feh dex, alpha_fe dex; NaN: none), and ``survey``."""
     t = read_manifest_columns(path, ("FILE", *_NUMERIC))
     return {"files": t["files"], "file_idx": t["file_idx"], "survey": np.array(t["survey"]),
             "row": t["ROW"].astype(np.int32), "specid": t["SPECID"].astype(np.int64),
+            "star": t["STAR_KEY"].astype(np.int64),
             "z": t["Z"].astype(np.float64), "snr": t["SNR"].astype(np.float32),
             "flags": t["FLAGS"].astype(np.int64),
             "labels": np.column_stack([t[c] for c in _LABELS]).astype(np.float32),
@@ -52,7 +55,7 @@ def read_manifest_rows(path: str | Path) -> dict[str, Any]:
                                             ).astype(np.float32)}
 
 
-_ROW_KEYS = ("file_idx", "row", "specid", "z", "snr", "flags", "labels", "label_errors")
+_ROW_KEYS = ("file_idx", "row", "specid", "star", "z", "snr", "flags", "labels", "label_errors")
 
 
 def shard_tasks(cfg: dict[str, Any], m: dict[str, Any], per_shard: int, shard_dir: Path
@@ -87,7 +90,7 @@ def process_shard(cfg: dict[str, Any], m: dict[str, Any], a: int, b: int
     npix = settings.grid.npix
     out = {"flux": np.zeros((n, npix), np.float32), "ivar": np.zeros((n, npix), np.float32),
            "mask": np.full((n, npix), flags.pixel_flag("NO_DATA"), np.uint8)}
-    for key in ("specid", "snr", "labels", "label_errors"):
+    for key in ("specid", "star", "snr", "labels", "label_errors"):
         out[key] = m[key][a:b].copy()
     out["manifest_row"] = np.arange(a, b, dtype=np.int64)
     out["z"] = np.nan_to_num(m["z"][a:b])

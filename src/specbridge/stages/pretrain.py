@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from specbridge.parallel.ddp import DistEnv
     from specbridge.training.data import LabelledShards
 
-CONFIG_SECTIONS = ("labels", "models", "training", "seed", "grid")
+CONFIG_SECTIONS = ("labels", "models", "training", "seed", "grid", "finetune")
 MODELS = ("mlp", "specformer", "emb_mlp")
 
 log = logging.getLogger("specbridge.pretrain")
@@ -35,10 +35,12 @@ def run(cfg: Mapping[str, Any], inputs: Mapping[str, Any], outputs: Mapping[str,
     """Pretrain ``model`` (one of :data:`MODELS`) and write ``outputs['checkpoint']`` (rank 0).
 
     inputs: ``spectra`` (index HDF5 of preprocessed LAMOST spectra), ``embeddings`` (index HDF5
-    of their SpecFormer embeddings; model ``emb_mlp`` only). outputs: ``checkpoint``, optional
-    ``workdir`` for the resumable checkpoints (default: the checkpoint path without suffix).
-    ``epochs`` overrides ``training.epochs``. ``comm`` is unused (ranks join through torch
-    DDP). Returns 0; UserError for unusable inputs.
+    of their SpecFormer embeddings; model ``emb_mlp`` only), ``holdout`` (optional: index HDF5
+    of the preprocessed DESI spectra; LAMOST spectra of stars in its validation or test split,
+    by ``finetune.val_fraction``/``test_fraction``, are left out of pretraining). outputs:
+    ``checkpoint``, optional ``workdir`` for the resumable checkpoints (default: the
+    checkpoint path without suffix). ``epochs`` overrides ``training.epochs``. ``comm`` is
+    unused (ranks join through torch DDP). Returns 0; UserError for unusable inputs.
     """
     cfg = declared(cfg, CONFIG_SECTIONS)
     if epochs is not None:
@@ -51,10 +53,11 @@ def run(cfg: Mapping[str, Any], inputs: Mapping[str, Any], outputs: Mapping[str,
     from specbridge.training.loop import start_ranks
 
     env, device = start_ranks(log)
+    held = _holdout(cfg, inputs)
     if model == "specformer":
-        _pretrain_specformer(cfg, inputs, outputs, env, device)
+        _pretrain_specformer(cfg, inputs, outputs, env, device, held)
     else:
-        _pretrain_mlp(cfg, model, inputs, outputs, env, device)
+        _pretrain_mlp(cfg, model, inputs, outputs, env, device, held)
     destroy_distributed()
     return 0
 
@@ -66,14 +69,37 @@ def _workdir(outputs: Mapping[str, Any]) -> Path:
     return training_workdir(outputs["checkpoint"], outputs.get("workdir"))
 
 
-def _labelled_splits(source: str, labels: list[str], tr: Mapping[str, Any], feature: str
+def _holdout(cfg: Mapping[str, Any], inputs: Mapping[str, Any]) -> np.ndarray | None:
+    """Star keys of the DESI validation and test splits (None without a holdout input)."""
+    if not inputs.get("holdout"):
+        return None
+    from specbridge.training.data import holdout_stars
+
+    ft = cfg["finetune"]
+    return holdout_stars(inputs["holdout"], ft["val_fraction"], ft["test_fraction"])
+
+
+def _log_excluded(sets: tuple[LabelledShards, ...], held: np.ndarray | None) -> int:
+    """Log (and return) how many LAMOST spectra were left out as DESI validation/test stars."""
+    n = sum(s.n_excluded for s in sets)
+    if held is not None:
+        log.info("left out of pretraining: %d LAMOST spectra of stars in the DESI validation "
+                 "or test splits (%d such stars)", n, len(held))
+    return n
+
+
+def _labelled_splits(source: str, labels: list[str], tr: Mapping[str, Any], feature: str,
+                     held: np.ndarray | None = None
                      ) -> tuple[LabelledShards, LabelledShards]:
-    """Training and validation rows with labels of the index ``source``; UserError when there
-    are fewer training rows than one batch or no validation row."""
+    """Training and validation rows with labels of the index ``source``, without the stars
+    ``held``; UserError when there are fewer training rows than one batch or no validation
+    row."""
     from specbridge.training.data import LabelledShards
 
-    train_set = LabelledShards(source, labels, "train", tr["val_fraction"], feature=feature)
-    val_set = LabelledShards(source, labels, "val", tr["val_fraction"], feature=feature)
+    train_set = LabelledShards(source, labels, "train", tr["val_fraction"], feature=feature,
+                               exclude_stars=held)
+    val_set = LabelledShards(source, labels, "val", tr["val_fraction"], feature=feature,
+                             exclude_stars=held)
     if train_set.n < tr["batch_size"] or val_set.n == 0:
         raise UserError(f"{train_set.n} training / {val_set.n} validation spectra with "
                         "labels: too few")
@@ -90,7 +116,8 @@ def _input_width(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any]) 
 
 
 def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
-                  outputs: Mapping[str, Any], env: DistEnv, device: torch.device) -> None:
+                  outputs: Mapping[str, Any], env: DistEnv, device: torch.device,
+                  held: np.ndarray | None = None) -> None:
     """Supervised pretraining of the spectrum MLP on flux (``mlp``) or embeddings
     (``emb_mlp``); rank 0 reports the validation robust sigma and writes the checkpoint."""
     import torch
@@ -103,7 +130,8 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
     on_emb = model == "emb_mlp"
     source = inputs["embeddings"] if on_emb else inputs["spectra"]
     train_set, val_set = _labelled_splits(source, labels, tr,
-                                          "embedding" if on_emb else "flux")
+                                          "embedding" if on_emb else "flux", held)
+    n_held = _log_excluded((train_set, val_set), held)
     mean, std = train_set.label_stats()
     std = np.where(std > 0, std, 1.0)
     npix = _input_width(cfg, model, inputs)
@@ -132,7 +160,7 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
         sig, spread = _report_mlp(net, val_set, mean, std, labels, device, seed)
         meta = {"labels": labels, "label_mean": mean, "label_std": std,
                 "history": state.history, "val_robust_sigma": sig, "val_label_spread": spread,
-                "best_epoch": state.best_epoch}
+                "best_epoch": state.best_epoch, "n_excluded_holdout": n_held}
         _write(outputs["checkpoint"], model, arch, net, meta, cfg, state.best_epoch)
 
 
@@ -213,8 +241,8 @@ class _MaskedLoss:
 
 
 def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
-                         outputs: Mapping[str, Any], env: DistEnv, device: torch.device
-                         ) -> None:
+                         outputs: Mapping[str, Any], env: DistEnv, device: torch.device,
+                         held: np.ndarray | None = None) -> None:
     """Self-supervised masked-patch pretraining of the SpecFormer on all usable spectra; rank 0
     reports the validation loss and writes the checkpoint with the embedding statistics."""
     import torch
@@ -225,9 +253,10 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
 
     tr, sc, seed = cfg["training"], cfg["models"]["specformer"], cfg["seed"]
     kw = {"labels": cfg["labels"], "val_fraction": tr["val_fraction"], "require_labels": False,
-          "with_ivar": True}
+          "with_ivar": True, "exclude_stars": held}
     train_set = LabelledShards(inputs["spectra"], split="train", **kw)
     val_set = LabelledShards(inputs["spectra"], split="val", **kw)
+    n_held = _log_excluded((train_set, val_set), held)
     arch = {"npix": int(cfg["grid"]["npix"]), **sc}
     torch.manual_seed(seed)
     net = build_model("specformer", arch).to(device)
@@ -254,7 +283,7 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
                  val / max(task.baseline, 1e-12))
         meta = {"embed_mean": emb_mean, "embed_std": emb_std, "history": state.history,
                 "val_loss": val, "val_patch_mean_loss": task.baseline,
-                "best_epoch": state.best_epoch}
+                "best_epoch": state.best_epoch, "n_excluded_holdout": n_held}
         _write(outputs["checkpoint"], "specformer", arch, net, meta, cfg, state.best_epoch)
 
 

@@ -35,18 +35,21 @@ def network_input(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
 
 
 class LabelledShards:
-    """The usable, labelled rows of a preprocessed survey, split by ID hash.
+    """The usable, labelled rows of a preprocessed survey, split by a hash of the star key.
 
     Rows kept: no fatal flag, no BAD_LABEL / AMBIGUOUS_MATCH, at least one of ``labels`` finite,
-    and in ``split`` ('train', 'val' or 'test', by ``assign_split(specid, val_fraction,
-    test_fraction)``). ``max_rows`` keeps at most that many rows, chosen by a second ID hash
-    (a fine-tuning set of a given size; a smaller size is a subset of a larger one).
+    and in ``split`` ('train', 'val' or 'test', by ``assign_split(star, val_fraction,
+    test_fraction)``: by star, so repeat visits share a split), and whose star is not in
+    ``exclude_stars`` (star keys held out, e.g. the DESI validation and test stars; the count
+    of rows dropped for it is ``n_excluded``). ``max_rows`` keeps at most that many rows,
+    chosen by a second hash of the star key (a fine-tuning set of a given size; a smaller size
+    is a subset of a larger one).
     """
 
     def __init__(self, index: str, labels: Sequence[str], split: str, val_fraction: float,
                  require_labels: bool = True, with_ivar: bool = False,
                  feature: str = "flux", test_fraction: float = 0.0,
-                 max_rows: int | None = None):
+                 max_rows: int | None = None, exclude_stars: np.ndarray | None = None):
         if split not in SPLIT_CODES:
             raise ValueError(f"split {split!r} is not one of {sorted(SPLIT_CODES)}")
         self.shards = read_index(index)
@@ -61,17 +64,22 @@ class LabelledShards:
         self.rows: list[np.ndarray] = []
         kept_labels: list[np.ndarray] = []
         subset_keys: list[np.ndarray] = []  # second ID hash, for max_rows
+        self.n_excluded = 0
         for s in self.shards:
-            d = read_shard(s["path"], ("specid", "flags", "labels"))
+            d = read_shard(s["path"], ("star", "flags", "labels"))
             lab = d["labels"][:, self.cols]
             keep = (d["flags"] & bad) == 0
             if require_labels:
                 keep &= np.isfinite(lab).any(axis=1)
-            keep &= assign_split(d["specid"], val_fraction, test_fraction) == SPLIT_CODES[split]
+            keep &= assign_split(d["star"], val_fraction, test_fraction) == SPLIT_CODES[split]
+            if exclude_stars is not None and len(exclude_stars):
+                held = keep & np.isin(d["star"], exclude_stars)
+                self.n_excluded += int(held.sum())
+                keep &= ~held
             self.rows.append(np.flatnonzero(keep))
             kept_labels.append(lab[keep])
             if max_rows is not None:
-                subset_keys.append(split_fraction(d["specid"][keep], salt=1))
+                subset_keys.append(split_fraction(d["star"][keep], salt=1))
         if max_rows is not None and sum(r.size for r in self.rows) > max_rows:
             cut = np.sort(np.concatenate(subset_keys))[max_rows - 1]
             for k, key in enumerate(subset_keys):
@@ -144,3 +152,17 @@ class LabelledShards:
                     for key in pool}
             if last:
                 break
+
+
+def holdout_stars(index: str, val_fraction: float, test_fraction: float) -> np.ndarray:
+    """Sorted unique star keys (int64) of the labelled, usable rows of the preprocessed survey
+    ``index`` that fall in its validation or test split (``assign_split(star, val_fraction,
+    test_fraction)``): the stars another survey's training must not see."""
+    bad = flags.FATAL_MASK | flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
+    keys = []
+    for s in read_index(index):
+        d = read_shard(s["path"], ("star", "flags", "labels"))
+        keep = ((d["flags"] & bad) == 0) & np.isfinite(d["labels"]).any(axis=1)
+        keep &= assign_split(d["star"], val_fraction, test_fraction) != SPLIT_CODES["train"]
+        keys.append(d["star"][keep])
+    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
