@@ -23,20 +23,15 @@ def split_fraction(specid: np.ndarray, salt: int = 0) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def is_validation(specid: np.ndarray, val_fraction: float) -> np.ndarray:
-    """True for the IDs in the validation split of pretraining (a ``val_fraction`` share)."""
-    return split_fraction(specid) < val_fraction
-
-
 TRAIN, VALIDATION, TEST = 0, 1, 2
 SPLIT_CODES = {"train": TRAIN, "val": VALIDATION, "test": TEST}
 
 
-def assign_split(specid: np.ndarray, val_fraction: float, test_fraction: float = 0.0
+def assign_split(key: np.ndarray, val_fraction: float, test_fraction: float = 0.0
                  ) -> np.ndarray:
-    """(n,) int8 split code per ID: VALIDATION for a ``val_fraction`` share, TEST for the next
-    ``test_fraction`` share, TRAIN for the rest (the validation split equals is_validation's)."""
-    u = split_fraction(specid)
+    """(n,) int8 split code per star key (:func:`star_keys`): VALIDATION for a
+    ``val_fraction`` share, TEST for the next ``test_fraction`` share, TRAIN for the rest."""
+    u = split_fraction(key)
     code = np.full(u.shape, TRAIN, dtype=np.int8)
     code[u < val_fraction + test_fraction] = TEST
     code[u < val_fraction] = VALIDATION
