@@ -145,6 +145,8 @@ def main(argv=None) -> int:
            cfg, "--checkpoints", *cks, "--selection",
            str(res / "evaluation" / "selection.ecsv"), "--spectra", str(spectra),
            "--embeddings", str(embs), "--output", str(out)]
+    if (res / "evaluation" / "calibration.ecsv").exists():  # the recalibrated errors
+        cmd += ["--calibration", str(res / "evaluation" / "calibration.ecsv")]
     t0 = time.monotonic()
     sel = str(res / "evaluation" / "selection.ecsv")
     if args.exclude:  # route among the candidates kept: the selection made without the others

@@ -174,6 +174,24 @@ def test_predict_shard_flags_partial_and_unrouted_rows(small_shard):
     assert not flags.is_fatal(flags.flag("NOT_ROUTED"))
 
 
+def test_predict_shard_recalibrates_errors_before_routing(small_shard):
+    cands = [_cand("mlp_zeroshot", "flux", -1.5), _cand("emb_mlp_zeroshot", "embedding", 0.0)]
+    sel = {(lab, rg): "emb_mlp_zeroshot" if lab == "teff" else "mlp_zeroshot"
+           for lab in LABELS for rg in ("metal_poor", "metal_rich")}
+    routing = {"router": "mlp_zeroshot", "threshold": -1.0, "blend_width": 0.0,
+               "blend": "probability", "router_passes": 1}
+    calib = {("mlp_zeroshot", lab): (2.0, 0.5) for lab in LABELS}
+    raw, _ = predict_shard(cands, small_shard, LABELS, sel, routing, 2)
+    cal, _ = predict_shard(cands, small_shard, LABELS, sel, routing, 2, calib)
+    ok = np.isfinite(raw["candidate_error"][0, :, 0])
+    # the predicted 1-sigma is 1: recalibrated sqrt((2 x 1)^2 + 0.5^2)
+    np.testing.assert_allclose(cal["candidate_error"][0][ok], np.sqrt(4.25), rtol=1e-6)
+    np.testing.assert_array_equal(cal["candidate_error"][1], raw["candidate_error"][1])
+    np.testing.assert_allclose(cal["error"][ok][:, 1:], np.sqrt(4.25), rtol=1e-6)
+    # one candidate per label in both regimes: the blend gives exactly its values
+    np.testing.assert_array_equal(cal["value"], raw["value"])
+
+
 # ---- end to end: a NaN embedding through evaluate, infer and the VAC -------------------------
 
 @pytest.fixture(scope="session")
@@ -249,6 +267,7 @@ def nan_embedding_outputs(embedding_run, transfer_run, tool_env):
     # make the embedding MLP serve teff in both regimes and spectrum MLPs the rest, whatever
     # the tiny models' metrics chose
     sel = Table.read(ev / "sel.ecsv", format="ascii.ecsv")
+    sel["candidate"] = sel["candidate"].astype("U32")  # read back as wide as its longest
     for r in sel:
         r["candidate"] = ("emb_mlp_zeroshot" if r["label"] == "teff" else
                           "mlp_full" if r["label"] == "feh" and r["regime"] == "metal_rich"

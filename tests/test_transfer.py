@@ -88,15 +88,28 @@ def test_evaluate_writes_metrics_selection_and_routed_figures(transfer_run, tool
           *transfer_run["cands"].values(), "--spectra", transfer_run["index"]["desi"],
           "--metrics", ev / "metrics.ecsv", "--metrics-md", ev / "metrics.md",
           "--selection", ev / "selection.ecsv", "--summary", ev / "summary.ecsv",
+          "--calibration", ev / "calibration.ecsv",
           "--predictions", ev / "predictions.h5"], tool_env)
     metrics = Table.read(ev / "metrics.ecsv")
     sel = Table.read(ev / "selection.ecsv")
     names = [f"mlp_{s}" for s in STRATEGIES]
     assert set(metrics["candidate"]) == {*names, "routed"}
     assert len(sel) == 8 and set(sel["candidate"]) <= set(names)
-    # the selection the tool wrote is the pure function of its own validation metrics
+    # the selection follows the one-standard-error rule on its own validation metrics:
+    # the overall best unless a regime's own best is better beyond the paired interval
+    assert sel.meta["regime_basis"] == "router" and sel.meta["router"] == "mlp_zeroshot"
     again = select(metrics[metrics["candidate"] != "routed"], list(sel["label"][::2]), names)
-    assert list(again["candidate"]) == list(sel["candidate"])
+    assert list(again["overall"]) == list(sel["overall"])
+    assert list(again["regime_best"]) == list(sel["regime_best"])
+    for r in sel:
+        assert r["candidate"] == (r["regime_best"] if r["basis"] == "regime" else r["overall"])
+        assert (r["basis"] == "regime") == (r["verdict"] == "yes" and r["val_n"] >= 50)
+    for col in ("robust_sigma_lo", "robust_sigma_hi", "bias_lo", "bias_hi", "within_2sigma"):
+        assert col in metrics.colnames
+    ok = np.isfinite(metrics["robust_sigma_lo"])
+    assert ok.any() and (metrics["robust_sigma_lo"][ok] <= metrics["robust_sigma_hi"][ok]).all()
+    calib = Table.read(ev / "calibration.ecsv")
+    assert len(calib) == 4 * len(names) and (calib["scale"] > 0).all()
     with h5py.File(ev / "predictions.h5") as h:
         n = h["specid"].shape[0]
         split = h["split"][()]
@@ -156,7 +169,9 @@ def test_routing_hard_and_blended():
     # blending over 0.2 dex: continuous across the threshold, hard outside the band
     r = route(preds, ["a", "b"], labels, sel, "a", -1.0, blend_width=0.2)
     np.testing.assert_allclose(r.value[:4, 0], [5000, 5250, 5750, 6000])
-    np.testing.assert_allclose(r.error[1, 0], np.sqrt(0.25 * 0.04 + 0.75 * 0.01))
+    # the blended error is the mixture's: it includes the spread between the candidates
+    np.testing.assert_allclose(r.error[1, 0], np.sqrt(0.25 * 0.04 + 0.75 * 0.01
+                                                      + 0.25 * 0.75 * 1000.0 ** 2))
 
 
 def test_lora_on_the_specformer_trains_only_lora_and_the_head():

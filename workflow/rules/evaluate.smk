@@ -2,7 +2,8 @@
 
 
 rule evaluate:
-    """Metrics per candidate, label, regime and S/N bin; the selection table."""
+    """Metrics per candidate, label, regime and S/N bin with bootstrap intervals; the error
+    recalibration; the selection table."""
     input:
         unpack(candidate_inputs),
     output:
@@ -10,6 +11,7 @@ rule evaluate:
         metrics_md=out("evaluation", "metrics.md"),
         selection=out("evaluation", "selection.ecsv"),
         summary=out("evaluation", "summary.ecsv"),
+        calibration=out("evaluation", "calibration.ecsv"),
         predictions=out("evaluation", "predictions.h5"),
     params:
         config=CONFIG_FILE,
@@ -31,4 +33,4 @@ rule evaluate:
         "specbridge evaluate --config {params.config} --checkpoints {input.checkpoints} "
         "{params.sources} --metrics {output.metrics} --metrics-md {output.metrics_md} "
         "--selection {output.selection} --summary {output.summary} "
-        "--predictions {output.predictions} > {log} 2>&1"
+        "--calibration {output.calibration} --predictions {output.predictions} > {log} 2>&1"

@@ -6,6 +6,7 @@ rule infer:
     input:
         unpack(candidate_inputs),
         selection=out("evaluation", "selection.ecsv"),
+        calibration=out("evaluation", "calibration.ecsv"),
     output:
         out("inference", "index.h5"),
     params:
@@ -29,6 +30,7 @@ rule infer:
     shell:
         "{resources.mpi} -n {resources.tasks} specbridge infer --config {params.config} "
         "--checkpoints {input.checkpoints} --selection {input.selection} "
+        "--calibration {input.calibration} "
         "{params.sources} --output {output} > {log} 2>&1"
 
 

@@ -7,6 +7,7 @@ rule report:
         metrics=out("evaluation", "metrics.ecsv"),
         selection=out("evaluation", "selection.ecsv"),
         summary=out("evaluation", "summary.ecsv"),
+        calibration=out("evaluation", "calibration.ecsv"),
         predictions=out("evaluation", "predictions.h5"),
         vac=vac_outputs()[0],
         real=real_tables,
@@ -52,7 +53,8 @@ rule report:
     shell:
         "specbridge report --config {params.config} --metrics {input.metrics} "
         "--selection {input.selection} --summary {input.summary} "
-        "--predictions {input.predictions} --vac {input.vac} {params.real} "
+        "--predictions {input.predictions} --calibration {input.calibration} "
+        "--vac {input.vac} {params.real} "
         "--scoreboard {input.scoreboard} --output {output.html} "
         "> {log} 2>&1"
 

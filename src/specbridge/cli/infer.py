@@ -12,7 +12,8 @@ def run(args: argparse.Namespace) -> int:
 
     comm, cfg = mpi_stage_config(args)
     inputs = {"checkpoints": args.checkpoints, "selection": args.selection,
-              "spectra": args.spectra, "embeddings": args.embeddings}
+              "spectra": args.spectra, "embeddings": args.embeddings,
+              "calibration": args.calibration}
     return infer.run(cfg, inputs, {"index": args.output}, comm, force=args.force)
 
 
@@ -24,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_argument(p)
     p.add_argument("--checkpoints", nargs="+", required=True, help="candidate checkpoints")
     p.add_argument("--selection", required=True, help="selection table (ECSV) of evaluate")
+    p.add_argument("--calibration",
+                   help="error recalibration table (ECSV) of evaluate; without it the "
+                        "candidates' errors are used as predicted")
     p.add_argument("--spectra", required=True, help="index HDF5 of preprocessed DESI spectra")
     p.add_argument("--embeddings", help="index HDF5 of DESI embeddings (embedding candidates)")
     p.add_argument("--output", required=True,

@@ -12,7 +12,7 @@ def run(args: argparse.Namespace) -> int:
 
     inputs = {"metrics": args.metrics, "selection": args.selection, "summary": args.summary,
               "predictions": args.predictions, "vac": args.vac, "real": args.real,
-              "scoreboard": args.scoreboard}
+              "scoreboard": args.scoreboard, "calibration": args.calibration}
     return report.run(config_from_args(args), inputs, {"page": args.output})
 
 
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--selection", required=True)
     p.add_argument("--summary", required=True)
     p.add_argument("--predictions", required=True, help="predictions.h5 of evaluate")
+    p.add_argument("--calibration", help="error recalibration table (ECSV) of evaluate")
     p.add_argument("--vac", required=True, help="merged VAC FITS file")
     p.add_argument("--real", nargs="*", help="tables of validate-real (real LAMOST sets)")
     p.add_argument("--scoreboard", help="scoreboard of the real sets (ECSV of scoreboard)")

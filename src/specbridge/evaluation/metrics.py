@@ -181,7 +181,7 @@ def _robust_sigma_rows(d: np.ndarray, iterations: int, c: float) -> np.ndarray:
 
 
 METRIC_COLUMNS = ("n", "robust_sigma", "bias", "mad", "outlier_fraction", "within_1sigma",
-                  "z_robust_sigma")
+                  "within_2sigma", "z_robust_sigma")
 
 
 def residual_metrics(pred: np.ndarray, pred_err: np.ndarray, ref: np.ndarray,
@@ -190,9 +190,10 @@ def residual_metrics(pred: np.ndarray, pred_err: np.ndarray, ref: np.ndarray,
 
     n: pairs with finite pred and ref; robust_sigma: Tukey biweight (robust_sigma); bias:
     median residual; mad: median |residual - bias|; outlier_fraction: share with
-    |residual - bias| > 3 robust_sigma; within_1sigma: share with |residual| < sigma_tot, where
-    sigma_tot = sqrt(pred_err^2 + ref_err^2) (0.683 when calibrated); z_robust_sigma: robust
-    sigma of residual / sigma_tot (1 when calibrated).
+    |residual - bias| > 3 robust_sigma; within_1sigma, within_2sigma: share with |residual| <
+    sigma_tot, < 2 sigma_tot, where sigma_tot = sqrt(pred_err^2 + ref_err^2) (0.683, 0.954
+    when calibrated); z_robust_sigma: robust sigma of residual / sigma_tot (1 when
+    calibrated).
     """
     pred, ref = np.asarray(pred, np.float64), np.asarray(ref, np.float64)
     ok = np.isfinite(pred) & np.isfinite(ref)
@@ -214,5 +215,6 @@ def residual_metrics(pred: np.ndarray, pred_err: np.ndarray, ref: np.ndarray,
     if good.any():
         z = d[good] / tot[good]
         out["within_1sigma"] = float(np.mean(np.abs(z) < 1))
+        out["within_2sigma"] = float(np.mean(np.abs(z) < 2))
         out["z_robust_sigma"] = robust_sigma(z)
     return out

@@ -1,14 +1,24 @@
-"""The per-regime selection table: for each label and regime, the candidate with the lowest
-validation robust sigma. A pure function of the metrics table."""
+"""The per-regime selection table: for each label, the candidate with the lowest validation
+robust sigma over all validation stars is the default for both regimes; a regime-specific
+candidate replaces it only where it is better on that regime's validation stars beyond the
+paired bootstrap interval (a one-standard-error rule at the configured level), and only in a
+regime with at least ``min_n`` validation stars. Regimes are those of the metrics rows with
+``regime_basis`` 'router' where the table has them (the router's [Fe/H], as at inference),
+else the reference label's."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from astropy.table import Table
 
 from specbridge.inference.routing import REGIMES
+
+SELECTION_COLUMNS = ("label", "regime", "candidate", "val_robust_sigma", "val_n", "basis",
+                     "overall", "regime_best", "regime_best_minus_overall",
+                     "regime_best_minus_overall_lo", "regime_best_minus_overall_hi",
+                     "verdict")
 
 
 def _best(rows: Table, candidates: Sequence[str]) -> tuple[str | None, float, int]:
@@ -20,26 +30,71 @@ def _best(rows: Table, candidates: Sequence[str]) -> tuple[str | None, float, in
     return best, best_s, best_n
 
 
-def select(metrics: Table, labels: Sequence[str], candidates: Sequence[str]) -> Table:
-    """Selection table (one row per label x regime: label, regime, candidate,
-    val_robust_sigma, val_n, basis) from the rows of ``metrics`` with split 'val' and
-    snr_bin 'all'. A regime without validation stars falls back to the best candidate over
-    all stars (basis 'all'); without any, to the first candidate (basis 'default')."""
+def _of(rows: Table, cand: str | None, col: str, missing):
+    r = rows[rows["candidate"] == cand] if cand else rows[:0]
+    return r[col][0] if len(r) else missing
+
+
+def regime_rows(val: Table, basis: str | None = None) -> tuple[Table, str]:
+    """The per-regime validation rows of ``basis`` ('router' where the table has them, else
+    'reference'; tables without a regime_basis column: all rows) and the basis used."""
+    if "regime_basis" not in val.colnames:
+        return val, "reference"
+    if basis is None:
+        basis = "router" if (val["regime_basis"] == "router").any() else "reference"
+    return val[val["regime_basis"] == basis], basis
+
+
+def select(metrics: Table, labels: Sequence[str], candidates: Sequence[str],
+           paired: Callable | None = None, min_n: int = 0,
+           basis: str | None = None) -> Table:
+    """Selection table (one row per label x regime, :data:`SELECTION_COLUMNS`) from the rows
+    of ``metrics`` with split 'val' and snr_bin 'all'; meta 'regime_basis' says which regimes.
+
+    ``overall``: the candidate with the lowest robust sigma on all validation stars (ties to
+    the earlier candidate); ``regime_best``: the lowest in the regime. ``paired(label,
+    regime, a, b)`` gives the :class:`~specbridge.evaluation.bootstrap.PairedDifference` of
+    robust sigma of a against b on the regime's validation stars: the regime's candidate is
+    ``regime_best`` (basis 'regime') where its verdict against ``overall`` is "yes", else
+    ``overall`` (basis 'all'). Without ``paired`` every lower robust sigma counts: the regime
+    best serves (basis 'regime'). A regime with fewer than ``min_n`` validation stars (the
+    most any candidate has there), or none, gets ``overall`` (basis 'all'); without any
+    candidate with stars, the first candidate (basis 'default').
+    ``val_robust_sigma``, ``val_n``: the chosen candidate's in the regime."""
     val = metrics[(metrics["split"] == "val") & (metrics["snr_bin"] == "all")]
-    out = Table(names=("label", "regime", "candidate", "val_robust_sigma", "val_n", "basis"),
-                dtype=("U16", "U16", "U32", "f8", "i8", "U16"))
+    per_regime, used = regime_rows(val, basis)
+    out = Table(names=SELECTION_COLUMNS,
+                dtype=("U16", "U16", "U32", "f8", "i8", "U16", "U32", "U32", "f8", "f8",
+                       "f8", "U16"))
+    out.meta["regime_basis"] = used
+    nan = float("nan")
     for lab in labels:
+        everyone = val[(val["label"] == lab) & (val["regime"] == "all")]
+        overall = _best(everyone, candidates)[0]
         for regime in REGIMES:
-            rows = val[(val["label"] == lab) & (val["regime"] == regime)]
-            best, s, n = _best(rows, candidates)
-            basis = "regime"
-            if best is None:
-                best, s, n = _best(val[(val["label"] == lab) & (val["regime"] == "all")],
-                                   candidates)
-                basis = "all"
-            if best is None:
-                best, s, n, basis = candidates[0], np.nan, 0, "default"
-            out.add_row((lab, regime, best, s, n, basis))
+            rows = per_regime[(per_regime["label"] == lab) & (per_regime["regime"] == regime)]
+            best = _best(rows, candidates)[0]
+            n_reg = int(max(rows["n"])) if len(rows) else 0
+            diff = (nan, nan, nan, "not significant")
+            if best is not None and n_reg >= min_n and n_reg > 0:
+                if paired is None:
+                    chosen, how = best, "regime"
+                    diff = (float(_of(rows, best, "robust_sigma", nan)
+                                  - _of(rows, overall, "robust_sigma", nan)), nan, nan,
+                            "yes" if best != overall else "not significant")
+                elif best == overall:
+                    chosen, how = overall, "all"
+                    diff = (0.0, 0.0, 0.0, "not significant")
+                else:
+                    diff = tuple(paired(lab, regime, best, overall))
+                    chosen, how = (best, "regime") if diff[3] == "yes" else (overall, "all")
+            elif overall is not None:
+                chosen, how = overall, "all"
+            else:
+                chosen, how = candidates[0], "default"
+            out.add_row((lab, regime, chosen, float(_of(rows, chosen, "robust_sigma", nan)),
+                         int(_of(rows, chosen, "n", 0)), how, overall or "", best or "",
+                         *map(float, diff[:3]), diff[3]))
     return out
 
 

@@ -98,7 +98,8 @@ def residual_vs_feh(path: str | Path, ref: np.ndarray, preds: dict[str, tuple[np
 
 def regime_sigma(path: str | Path, table, labels: Sequence[str], candidates: Sequence[str],
                  split: str = "test") -> None:
-    """Robust sigma per candidate in each regime (grouped bars), one panel per label.
+    """Robust sigma per candidate in each regime by the reference [Fe/H] (grouped bars, with
+    the bootstrap interval as error bars where the table has one), one panel per label.
     ``table``: the metrics table."""
     fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 3.6), squeeze=False)
     regimes = ("metal_poor", "metal_rich", "all")
@@ -106,13 +107,21 @@ def regime_sigma(path: str | Path, table, labels: Sequence[str], candidates: Seq
         ax = axes[0, i]
         t = table[(table["split"] == split) & (table["label"] == lab)
                   & (table["snr_bin"] == "all")]
+        if "regime_basis" in t.colnames:
+            t = t[t["regime_basis"] == "reference"]
         x = np.arange(len(candidates))
+        ci = "robust_sigma_lo" in t.colnames
         for k, rg in enumerate(regimes):
-            vals = []
+            vals, lo, hi = [], [], []
             for c in candidates:
                 r = t[(t["candidate"] == c) & (t["regime"] == rg)]
-                vals.append(float(r["robust_sigma"][0]) if len(r) else np.nan)
-            ax.bar(x + (k - 1) * 0.27, vals, width=0.27, label=rg.replace("_", "-"))
+                v = float(r["robust_sigma"][0]) if len(r) else np.nan
+                vals.append(v)
+                lo.append(v - float(r["robust_sigma_lo"][0]) if len(r) and ci else np.nan)
+                hi.append(float(r["robust_sigma_hi"][0]) - v if len(r) and ci else np.nan)
+            err = np.nan_to_num(np.clip([lo, hi], 0, None)) if ci else None
+            ax.bar(x + (k - 1) * 0.27, vals, width=0.27, label=rg.replace("_", "-"),
+                   yerr=err, capsize=1.5, error_kw={"elinewidth": 0.6})
         ax.set_xticks(x)
         ax.set_xticklabels(candidates, rotation=70, fontsize=7)
         ax.set_title(f"{axis_label(lab)}, {split}", fontsize=9)

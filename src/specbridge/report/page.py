@@ -73,14 +73,19 @@ _STYLE = ("<style>body{font-family:sans-serif;max-width:1400px;margin:auto}"
 
 def page_html(*, vac_path: str, params: Any, metrics: Any, selection: Any, summary: Any,
               labels: list[str], shown: tuple[str, str], threshold: float, router: str,
-              real: list[str], report_dir: Path, scoreboard: Any = None) -> str:
+              real: list[str], report_dir: Path, scoreboard: Any = None,
+              calibration: Any = None) -> str:
     """The report page: the real sets' scoreboard, answers, selection, figures (named by
     :data:`FIGURES`, beside the page), per-label tables by regime, the catalogue's overview
     and the real sets' summaries and figures.
     ``params`` is the VAC's PARAMS table, ``shown`` the zero-shot and fine-tuned candidates
     drawn in the one-to-one figure, ``threshold`` the regime split in [Fe/H] (dex),
-    ``scoreboard`` the real sets' scoreboard table (None: no such section)."""
+    ``scoreboard`` the real sets' scoreboard table (None: no such section),
+    ``calibration`` the evaluation's error recalibration table (None: no such section).
+    Intervals are written ``value [lo, hi]``."""
     from specbridge import flags
+    from specbridge.evaluation.markdown import ANSWER_COLUMNS, SELECTION_SHOWN, _with_ci
+    from specbridge.evaluation.tables import compact
     from specbridge.labels import column
 
     zs, best_ft = shown
@@ -99,23 +104,35 @@ def page_html(*, vac_path: str, params: Any, metrics: Any, selection: Any, summa
         "Tukey biweight about the median.</p>",
         *scoreboard_section(scoreboard),  # real spectra first
         "<h2>Answers (test split)</h2>",
-        table_html(summary, ["label", "unit", "zeroshot", "zeroshot_test_sigma", "finetuned",
-                             "finetuned_test_sigma", "routed_test_sigma",
-                             "routed_poor_test_sigma", "routed_rich_test_sigma",
-                             "best_on_test", "best_on_test_sigma",
-                             "finetuning_beats_zeroshot", "routing_beats_every_single"]),
-        "<h2>Selection (validation split)</h2>", table_html(selection),
+        "<p>Paired differences of robust sigma on the same test stars (fine-tuned minus "
+        "zero-shot; routed minus the best single candidate on test) with their bootstrap "
+        "intervals; 'yes' only beyond the interval.</p>",
+        table_html(compact(summary, _with_ci(summary, [c for c in ANSWER_COLUMNS
+                                                       if c in summary.colnames]))),
+        "<h2>Selection (validation split, regimes by the router's [Fe/H])</h2>",
+        table_html(compact(selection, _with_ci(selection, [
+            c for c in SELECTION_SHOWN if c in selection.colnames]))),
         f"<h2>One-to-one (test split): {html.escape(zs)}, {html.escape(best_ft)}, routed</h2>",
         f"<img src='{FIGURES[0]}'>",
         "<h2>Residuals vs reference [Fe/H] (test split)</h2>", f"<img src='{FIGURES[1]}'>",
         "<h2>Robust sigma by regime and candidate (test split)</h2>",
         f"<img src='{FIGURES[2]}'>"]
+    if calibration is not None:
+        parts += ["<h2>Error recalibration (validation split)</h2>",
+                  "<p>Each candidate's errors scaled (and floored where needed) so that "
+                  "z = (pred - ref) / sqrt((s err)<sup>2</sup> + f<sup>2</sup> + "
+                  "ref_err<sup>2</sup>) has robust sigma 1; the coverage columns below are "
+                  "after it.</p>", table_html(calibration)]
+    parts.append("<h2>Per label (test split; regimes by the reference [Fe/H] unless "
+                 "regime_basis says router)</h2>")
     for lab in labels:
         t = metrics[(metrics["split"] == "test") & (metrics["label"] == lab)
                     & (metrics["snr_bin"] == "all")]
+        cols = [c for c in ("candidate", "regime_basis", "regime", "n", "robust_sigma",
+                            "bias", "mad", "outlier_fraction", "within_1sigma",
+                            "within_2sigma", "z_robust_sigma") if c in t.colnames]
         parts += [f"<h3>{html.escape(lab)} ({html.escape(str(t['unit'][0]))})</h3>",
-                  table_html(t, ["candidate", "regime", "n", "robust_sigma", "bias", "mad",
-                                 "outlier_fraction", "within_1sigma", "z_robust_sigma"])]
+                  table_html(compact(t, _with_ci(t, cols)))]
     parts += ["<h2>The catalogue</h2>", f"<img src='{FIGURES[3]}'>"]
     parts += real_sections(real, report_dir)
     parts.append("</body></html>")

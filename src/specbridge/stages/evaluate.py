@@ -1,6 +1,9 @@
-"""Evaluation: every candidate on the labelled DESI validation and test splits; metrics per
-label, regime and S/N bin; the per-regime selection table; the routed combination's figures
-next to the single candidates'."""
+"""Evaluation: every candidate on the labelled DESI validation and test splits; its errors
+recalibrated on validation; metrics per label, regime and S/N bin with bootstrap intervals
+over stars; the router (``inference.router``, 'auto': the best [Fe/H] candidate on
+validation); the per-regime selection table, on regimes from the router's [Fe/H] as at
+inference, with the one-standard-error rule; the routed combination's figures next to the
+single candidates'; the answers as paired differences with intervals."""
 
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
         preds = predict_all(cands, sub, batch_size)
         got = {"specid": sub["specid"], "split": split[keep], "snr": sub["snr"],
                "ref": ref[keep], "ref_err": d["label_errors"][keep][:, cols]}
+        if "star" in sub:  # the per-star key, where the shards carry one
+            got["star"] = sub["star"]
         for name, (v, e) in preds.items():
             got[f"{name}/value"], got[f"{name}/error"] = v, e
         for key, v in got.items():
@@ -62,46 +67,135 @@ def load_checked_candidates(paths: list[str], router: str, embeddings: str | Non
     names = [c.name for c in cands]
     if "feh" not in cands[0].labels:
         raise UserError("evaluation by regime needs 'feh' among the labels")
-    if router not in names:
+    if router != "auto" and router not in names:
         raise UserError(f"inference.router {router!r} is not among the candidates {names}")
     if any(c.feature == "embedding" for c in cands) and not embeddings:
         raise UserError("embedding candidates need --embeddings")
     return cands
 
 
+def star_keys(data: dict[str, np.ndarray]) -> np.ndarray:
+    """(n,) the key that groups rows by star for the bootstrap: 'star' where the data has
+    it, else the spectrum ID."""
+    return data["star"] if "star" in data else data["specid"]
+
+
+def choose_router(data: dict[str, np.ndarray], labels: list[str], names: list[str],
+                  setting: str) -> str:
+    """``setting`` itself, or for 'auto' the candidate with the lowest validation robust
+    sigma in [Fe/H] over all validation stars (ties to the earlier candidate)."""
+    from specbridge.evaluation.metrics import robust_sigma
+
+    if setting != "auto":
+        return setting
+    ife = labels.index("feh")
+    val = data["split"] == 1
+    sig = {n: robust_sigma(data[f"{n}/value"][val, ife] - data["ref"][val, ife])
+           for n in names}
+    ok = [n for n in names if np.isfinite(sig[n])]
+    if not ok:
+        raise UserError("inference.router auto: no candidate has a validation [Fe/H]")
+    return min(ok, key=sig.__getitem__)
+
+
+def recalibrate(data: dict[str, np.ndarray], labels: list[str], names: list[str]):
+    """The calibration table fitted on the validation split
+    (:mod:`specbridge.evaluation.calibration`); replaces every '<name>/error' of ``data``
+    by its recalibrated error and keeps the predicted one as '<name>/error_raw'."""
+    from specbridge.evaluation import calibration
+
+    table = calibration.fit_table(data, names, labels)
+    cal = calibration.mapping(table)
+    for n in names:
+        raw = data[f"{n}/error"]
+        data[f"{n}/error_raw"] = raw
+        data[f"{n}/error"] = calibration.apply_all({n: (data[f"{n}/value"], raw)}, labels,
+                                                   cal)[n][1]
+    return table
+
+
 def tabulate(data: dict[str, np.ndarray], labels: list[str], names: list[str],
              cfg: dict[str, Any]):
-    """(metrics, selection, summary) tables of the candidates' predictions in ``data`` (see
-    gather_labelled), with the routed combination added to ``data`` and the tables."""
+    """(metrics, selection, summary, calibration) tables of the candidates' predictions in
+    ``data`` (see gather_labelled): errors recalibrated on validation (in ``data``), the
+    router chosen, the selection made on the router's regimes, the routed combination
+    added to ``data`` and the tables. The chosen router is ``selection.meta['router']``."""
+    from specbridge.evaluation.bootstrap import paired_difference
     from specbridge.evaluation.selection import select, selection_mapping
     from specbridge.evaluation.tables import ROUTED, metrics_rows, metrics_table, summary
-    from specbridge.inference.routing import route
+    from specbridge.inference.routing import regime_of, route, route_passes
 
     ev, inf = cfg["evaluation"], cfg["inference"]
+    boot = ev["bootstrap"]
+    thr = ev["feh_threshold"]
+    groups = star_keys(data)
+    ife = labels.index("feh")
+    calib = recalibrate(data, labels, names)
+    router = choose_router(data, labels, names, inf["router"])
+    blend = {"blend_width": inf["blend_width"], "blend": inf["blend"]}
 
-    def rows_for(name, value, error):
-        return metrics_rows(name, data["split"], value, error, data["ref"], data["ref_err"],
-                            data["snr"], labels, ev["feh_threshold"], ev["snr_bins"])
+    def rows_for(name, regime, reference=True):
+        return metrics_rows(name, data["split"], data[f"{name}/value"],
+                            data[f"{name}/error"], data["ref"], data["ref_err"], data["snr"],
+                            labels, thr, ev["snr_bins"], groups=groups, boot=boot,
+                            router_regime=regime, reference=reference)
 
-    rows = []
+    def paired_on(split_code, regime=None):
+        def paired(lab, *args):
+            a, b = args[-2:]
+            m = data["split"] == split_code
+            if regime is not None:
+                m = m & (regime == {"metal_poor": 0, "metal_rich": 1}[args[0]])
+            i = labels.index(lab)
+            ref = data["ref"][m, i]
+            return paired_difference("robust_sigma", data[f"{a}/value"][m, i] - ref,
+                                     data[f"{b}/value"][m, i] - ref, groups=groups[m],
+                                     n_boot=boot["n_boot"], level=boot["level"],
+                                     seed=boot["seed"])
+        return paired
+
+    def selection_on(regime):
+        rows = []
+        for name in names:
+            rows += rows_for(name, regime, reference=False)
+        sel = select(metrics_table(reference_rows + rows), labels, names,
+                     paired=paired_on(1, regime), min_n=ev["min_regime_stars"])
+        return sel, rows
+
+    reference_rows = []
     for name in names:
-        rows += rows_for(name, data[f"{name}/value"], data[f"{name}/error"])
-    selection = select(metrics_table(rows), labels, names)
-    preds = {n: (data[f"{n}/value"], data[f"{n}/error"]) for n in names}
-    routed = route(preds, names, labels, selection_mapping(selection), inf["router"],
-                   ev["feh_threshold"], inf["blend_width"])
+        reference_rows += rows_for(name, None)
+    regime = regime_of(data[f"{router}/value"][:, ife], thr)
+    selection, router_rows = selection_on(regime)
+    if inf["router_passes"] == 2:  # regimes again from the first pass's routed [Fe/H]
+        first = route(_preds(data, names), names, labels, selection_mapping(selection),
+                      router, thr, **blend)
+        regime = regime_of(first.value[:, ife], thr)
+        selection, router_rows = selection_on(regime)
+    routed = route_passes(_preds(data, names), names, labels, selection_mapping(selection),
+                          router, thr, passes=inf["router_passes"], **blend)
     data[f"{ROUTED}/value"], data[f"{ROUTED}/error"] = routed.value, routed.error
     data[f"{ROUTED}/regime"], data[f"{ROUTED}/served"] = routed.regime, routed.served
-    metrics = metrics_table(rows + rows_for(ROUTED, routed.value, routed.error))
-    return metrics, selection, summary(metrics, labels, names)
+    data["router_regime"] = regime
+    metrics = metrics_table(reference_rows + router_rows + rows_for(ROUTED, regime))
+    selection.meta.update({"router": router, "router_setting": inf["router"],
+                           "router_passes": inf["router_passes"], "blend": inf["blend"],
+                           "min_regime_stars": ev["min_regime_stars"],
+                           "level": boot["level"], "n_boot": boot["n_boot"]})
+    summ = summary(metrics, labels, names, paired=paired_on(2), router=router)
+    return metrics, selection, summ, calib
+
+
+def _preds(data, names):
+    return {n: (data[f"{n}/value"], data[f"{n}/error"]) for n in names}
 
 
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
         comm: Any = None) -> int:
     """Every candidate ``inputs['checkpoints']`` on the labelled validation and test rows of
     ``inputs['spectra']`` (and ``inputs['embeddings']``); writes ``outputs['metrics']``,
-    ``['selection']``, ``['summary']`` (ECSV), ``['metrics_md']`` (markdown) and
-    ``['predictions']`` (HDF5)."""
+    ``['selection']``, ``['summary']``, ``['calibration']`` (ECSV; the last optional),
+    ``['metrics_md']`` (markdown) and ``['predictions']`` (HDF5)."""
     from specbridge.inference.predict import paired_shards
 
     cfg = declared(cfg, CONFIG_SECTIONS)
@@ -119,35 +213,42 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
              len(cands), n_val, n_test)
     if n_val == 0 or n_test == 0:
         raise UserError(f"{n_val} validation / {n_test} test spectra with labels: too few")
-    metrics, selection, summ = tabulate(data, labels, names, cfg)
-    meta = {"labels": labels, "candidates": names, "router": inf["router"],
-            "feh_threshold": ev["feh_threshold"], "blend_width": inf["blend_width"],
-            "n_val": n_val, "n_test": n_test}
-    write_outputs(outputs, data, metrics, selection, summ, meta)
+    metrics, selection, summ, calib = tabulate(data, labels, names, cfg)
+    meta = {"labels": labels, "candidates": names, "router": selection.meta["router"],
+            "router_setting": inf["router"], "router_passes": inf["router_passes"],
+            "blend": inf["blend"], "feh_threshold": ev["feh_threshold"],
+            "blend_width": inf["blend_width"], "min_regime_stars": ev["min_regime_stars"],
+            "bootstrap": dict(ev["bootstrap"]), "n_val": n_val, "n_test": n_test}
+    write_outputs(outputs, data, metrics, selection, summ, meta, calib)
+    log.info("router: %s (%s)", meta["router"], inf["router"])
     for r in summ:
         log.info("%-8s test robust sigma: zero-shot %s %.4g | fine-tuned %s %.4g | routed "
-                 "%.4g | best single on test %s %.4g", r["label"], r["zeroshot"],
+                 "%.4g | best single on test %s %.4g | fine-tuning beats zero-shot: %s | "
+                 "routing beats every single: %s", r["label"], r["zeroshot"],
                  r["zeroshot_test_sigma"], r["finetuned"], r["finetuned_test_sigma"],
-                 r["routed_test_sigma"], r["best_on_test"], r["best_on_test_sigma"])
-    log.info("wrote %s, %s, %s, %s", outputs["metrics"], outputs["metrics_md"],
-             outputs["selection"], outputs["predictions"])
+                 r["routed_test_sigma"], r["best_on_test"], r["best_on_test_sigma"],
+                 r["finetuning_beats_zeroshot"], r["routing_beats_every_single"])
+    log.info("wrote %s", ", ".join(str(v) for v in outputs.values() if v))
     return 0
 
 
 def write_outputs(outputs: dict[str, Any], data: dict[str, np.ndarray], metrics, selection,
-                  summ, meta: dict[str, Any]) -> None:
-    """The three ECSV tables (with ``meta``), the markdown page and the predictions HDF5,
-    each written atomically."""
+                  summ, meta: dict[str, Any], calib=None) -> None:
+    """The ECSV tables (with ``meta``; the calibration table where ``outputs`` names
+    'calibration'), the markdown page and the predictions HDF5, each written atomically."""
     from specbridge.io.shards import write_arrays
 
-    for tab in (metrics, selection, summ):
+    tables = [(metrics, "metrics"), (selection, "selection"), (summ, "summary")]
+    if calib is not None and outputs.get("calibration"):
+        tables.append((calib, "calibration"))
+    for tab, _ in tables:
         tab.meta.update(meta)
-    for tab, key in ((metrics, "metrics"), (selection, "selection"), (summ, "summary")):
+    for tab, key in tables:
         with atomic_output(outputs[key]) as tmp:
             tab.write(tmp, format="ascii.ecsv")
     write_arrays(outputs["predictions"], data, {
         "labels": meta["labels"], "candidates": meta["candidates"],
-        "feh_threshold": meta["feh_threshold"]}, data["specid"].shape[0])
+        "feh_threshold": meta["feh_threshold"], "router": meta["router"]}, data["specid"].shape[0])
     with atomic_output(outputs["metrics_md"]) as tmp:
         Path(tmp).write_text(metrics_markdown(metrics, selection, summ, meta["labels"],
-                                              meta["candidates"], meta))
+                                              meta["candidates"], meta, calib))

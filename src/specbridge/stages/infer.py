@@ -2,10 +2,11 @@
 routed by regime, as one HDF5 prediction shard per spectra shard.
 
 One MPI job (the map over shards is :mod:`specbridge.parallel.executor`): rank 0 reads the
-selection, the checkpoints' digests and the shard indexes and broadcasts them. A prediction
-shard's fingerprint chains its spectra shard's and embedding shard's fingerprints with the
-checkpoints' SHA-256 and the routing, so anything that changes upstream (a preprocessing
-setting, a model, the selection) recomputes it.
+selection (and the router it names where ``inference.router`` is 'auto'), the error
+recalibration, the checkpoints' digests and the shard indexes and broadcasts them. A
+prediction shard's fingerprint chains its spectra shard's and embedding shard's fingerprints
+with the checkpoints' SHA-256, the routing and the recalibration, so anything that changes
+upstream (a preprocessing setting, a model, the selection, the calibration) recomputes it.
 """
 
 from __future__ import annotations
@@ -38,29 +39,42 @@ CONFIG_SECTIONS = ("evaluation", "inference")
 
 def plan(cfg: dict[str, Any], inputs: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """What every rank needs (read on rank 0): the tasks, the selection mapping, the routing
-    settings and the checkpoints' digests."""
+    settings (router: the configured one, or for 'auto' the selection table's), the error
+    recalibration ({(candidate, label): (scale, floor)}; empty without
+    ``inputs['calibration']``) and the checkpoints' digests."""
     from astropy.table import Table
 
     from specbridge.digest import sha256
     from specbridge.errors import UserError, describe
+    from specbridge.evaluation.calibration import mapping as calibration_mapping
     from specbridge.evaluation.selection import selection_mapping
     from specbridge.inference.predict import paired_shards
 
     try:
         sel_table = Table.read(inputs["selection"], format="ascii.ecsv")
+        calib = (calibration_mapping(Table.read(inputs["calibration"], format="ascii.ecsv"))
+                 if inputs.get("calibration") else {})
         digests = {str(p): sha256(Path(p)) for p in inputs["checkpoints"]}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the selection or the checkpoints: {describe(exc)}"
-                        ) from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError("cannot read the selection, the calibration or the checkpoints: "
+                        f"{describe(exc)}") from None
     try:
         shards = paired_shards(inputs["spectra"], inputs.get("embeddings"))
     except (OSError, KeyError, ValueError) as exc:
         raise UserError(f"cannot read the spectra/embedding index: {describe(exc)}") from None
     inf = cfg["inference"]
     selection = selection_mapping(sel_table)
-    routing = {"selection": sorted(selection.items()), "router": inf["router"],
-               "threshold": cfg["evaluation"]["feh_threshold"],
-               "blend_width": inf["blend_width"]}
+    router = inf["router"]
+    if router == "auto":
+        router = str(sel_table.meta.get("router", ""))
+        if not router:
+            raise UserError(f"{inputs['selection']}: inference.router is auto but the "
+                            "selection table names no router (evaluate again)")
+    routing = {"selection": sorted(selection.items()), "router": router,
+               "router_setting": inf["router"], "router_passes": inf["router_passes"],
+               "threshold": cfg["evaluation"]["feh_threshold"], "blend": inf["blend"],
+               "blend_width": inf["blend_width"],
+               "calibration": sorted([list(k), list(v)] for k, v in calib.items())}
     settings = fingerprint(sorted(digests.values()), routing, __version__)
     fps = input_fingerprints(shards)
     emb_fps: list[str | None] = [None] * len(shards)
@@ -74,13 +88,14 @@ def plan(cfg: dict[str, Any], inputs: dict[str, Any], out_dir: Path) -> dict[str
                        inputs={"spectra": s["path"], "embeddings": s["emb_path"]})
              for i, (s, fp, efp) in enumerate(zip(shards, fps, emb_fps, strict=True))]
     return {"tasks": tasks, "selection": selection, "routing": routing, "digests": digests,
-            "settings_hash": settings}
+            "settings_hash": settings, "calibration": calib}
 
 
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
         comm: Any = None, *, force: bool = False) -> int:
     """Predict every spectrum of ``inputs['spectra']`` (and ``inputs['embeddings']``) with the
-    candidates ``inputs['checkpoints']``, routed by ``inputs['selection']``; writes
+    candidates ``inputs['checkpoints']``, their errors recalibrated by
+    ``inputs['calibration']`` (optional), routed by ``inputs['selection']``; writes
     ``outputs['index']`` and its ``shards/``."""
     import time
 
@@ -110,12 +125,16 @@ def _run(cfg, inputs, out: Path, p, comm, log, force: bool, t0: float, full_hash
     tasks = p["tasks"]
     log.info("%d candidates, %d spectra in %d shards over %d ranks", len(cands),
              sum(t.n for t in tasks), len(tasks), size)
+    log.info("router %s (%s), %d pass(es), blend %s; errors %s", p["routing"]["router"],
+             p["routing"]["router_setting"], p["routing"]["router_passes"],
+             p["routing"]["blend"], "recalibrated" if p["calibration"] else
+             "as predicted (no --calibration)")
 
     def compute(task: ShardTask) -> ShardResult:
         shard = {"path": task.inputs["spectra"], "emb_path": task.inputs["embeddings"],
                  "first_row": task.first_row, "n": task.n}
         arrays, counts = predict_shard(cands, shard, labels, p["selection"], p["routing"],
-                                       cfg["inference"]["batch_size"])
+                                       cfg["inference"]["batch_size"], p["calibration"])
         return ShardResult(arrays, counts=counts)
 
     job = ShardJob("infer", tasks, compute, out, {

@@ -28,6 +28,8 @@ def read_evaluation(inputs: dict[str, Any]) -> dict[str, Any]:
     try:
         out = {k: Table.read(inputs[k], format="ascii.ecsv")
                for k in ("metrics", "selection", "summary")}
+        out["calibration"] = (Table.read(inputs["calibration"], format="ascii.ecsv")
+                              if inputs.get("calibration") else None)
         with h5py.File(inputs["predictions"], "r") as h:
             out["labels"] = [str(v) for v in h.attrs["labels"]]
             out["candidates"] = [str(v) for v in h.attrs["candidates"]]
@@ -56,7 +58,8 @@ def read_scoreboard(path: str | None) -> Any:
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
         comm: Any = None) -> int:
     """The report page ``outputs['page']`` (figures beside it) from the evaluation's
-    ``inputs['metrics']``, ``['selection']``, ``['summary']``, ``['predictions']``, the VAC
+    ``inputs['metrics']``, ``['selection']``, ``['summary']``, ``['predictions']`` (and
+    ``['calibration']``, optional), the VAC
     ``inputs['vac']``, the real-set tables ``inputs['real']`` (list, may be empty) and their
     scoreboard ``inputs['scoreboard']`` (ECSV of the scoreboard stage; optional)."""
     from specbridge import flags
@@ -82,9 +85,11 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     figures.vac_overview(figdir / FIGURES[3], p, labels, {k: v for k, v in counts.items() if v})
     text = page_html(vac_path=inputs["vac"], params=p, metrics=ev["metrics"],
                      selection=ev["selection"], summary=summary, labels=labels,
-                     shown=(zs, best_ft), threshold=thr, router=cfg["inference"]["router"],
+                     shown=(zs, best_ft), threshold=thr,
+                     router=str(ev["selection"].meta.get("router", cfg["inference"]["router"])),
                      real=inputs.get("real") or [], report_dir=out.parent,
-                     scoreboard=read_scoreboard(inputs.get("scoreboard")))
+                     scoreboard=read_scoreboard(inputs.get("scoreboard")),
+                     calibration=ev["calibration"])
     with atomic_output(out) as tmp:
         Path(tmp).write_text(text)
     log.info("wrote %s and %d figures", out, len(FIGURES))

@@ -177,8 +177,13 @@ def provenance(cat: dict[str, Any], vac_name: str, config_hash: str
              ("ROUTER", routing["router"], "candidate whose [Fe/H] sets the regime"),
              ("FEHTHR", float(routing["threshold"]),
               f"[{lb.unit('feh')}] regime threshold in [Fe/H]"),
+             ("BLEND", str(routing.get("blend", "linear" if routing["blend_width"] else
+                                            "hard")), "blend across the regime threshold"),
              ("BLENDW", float(routing["blend_width"]),
-              f"[{lb.unit('feh')}] blend width at the threshold")]
+              f"[{lb.unit('feh')}] blend width at the threshold (linear blend)"),
+             ("RPASSES", int(routing.get("router_passes", 1)), "routing passes"),
+             ("ERRCAL", bool(routing.get("calibration")),
+              "candidate errors recalibrated on validation")]
     for k, dep in enumerate(DEPENDENCIES):
         try:
             ver = metadata.version(dep)
