@@ -114,6 +114,7 @@ def small_shard(tmp_path):
     rng = np.random.default_rng(0)
     arrays = {"flux": 1 + 0.01 * rng.standard_normal((n, npix)), "ivar": np.ones((n, npix)),
               "mask": np.zeros((n, npix), np.uint8), "specid": np.arange(10, 10 + n),
+              "star": np.arange(110, 110 + n),
               "manifest_row": np.arange(n), "flags": np.zeros(n, np.int64),
               "snr": np.full(n, 20.0, np.float32), "z": np.zeros(n),
               "labels": np.full((n, 4), np.nan, np.float32),
