@@ -94,6 +94,7 @@ def small_mock(tmp_path_factory, shared_data):
     cfg = validate_config({"reference_data": str(shared_data),
                            "resources_dir": str(out / "resources"),
                            "data": {"mock": {"n_lamost": 400, "n_desi": 400,
+                                             "n_lamost_unlabelled": 200,
                                              "desi_per_file": 200}}})
     res = generate(cfg, out)
     res["outdir"] = out

@@ -30,7 +30,7 @@ from specbridge.models.transfer import (
 
 LABELS = ["teff", "feh"]
 SF_ARCH = {"npix": 200, "patch_size": 20, "patch_stride": 10, "d_model": 16, "n_layers": 1,
-           "n_heads": 2, "mask_fraction": 0.3, "mask_chunk": 4}
+           "n_heads": 2, "mask_fraction": 0.3, "mask_span": 40}
 
 
 class _Evil:

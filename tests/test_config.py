@@ -29,6 +29,26 @@ def test_empty_config_gets_paper_defaults():
     assert cfg["models"]["specformer"]["n_layers"] == 6
 
 
+@pytest.mark.parametrize("size", ["benchmark", "paper"])
+def test_size_ladder_overlays_are_valid(repo, size):
+    """config/sizes/<size>.yaml on top of the embedded default gives a valid config whose
+    SpecFormer training keys override the shared ones (and the rest is inherited)."""
+    from specbridge.models import SpecFormer
+    from specbridge.stages.pretrain import specformer_training
+
+    overlay = yaml.safe_load((repo / "config" / "sizes" / f"{size}.yaml").read_text())
+    cfg = load_config(repo / "config.yaml", overlay)
+    sft = specformer_training(cfg["training"])
+    assert sft["lr"] == overlay["training"]["specformer"]["lr"]
+    assert sft["val_fraction"] == cfg["training"]["val_fraction"]
+    sc = cfg["models"]["specformer"]
+    n = sum(p.numel() for p in SpecFormer(1462, sc["patch_size"], sc["patch_stride"],
+                                          sc["d_model"], sc["n_layers"], sc["n_heads"])
+            .parameters())
+    if size == "paper":
+        assert 40e6 < n < 46e6  # ~43 M, SpecCLIP's LAMOST encoder
+
+
 @pytest.mark.parametrize(
     "override, key, words",
     [

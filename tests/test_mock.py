@@ -80,12 +80,17 @@ def test_mock_files_read_by_the_real_readers(small_mock):
                          labels=read_apogee_allstar(small_mock["labels"]))
     des = build_manifest("desi", small_mock["desi"], redshift_files=small_mock["redrock"],
                          labels=read_apogee_allstar(small_mock["labels"]))
-    assert lam.size == 400 and des.size == 400
+    assert lam.size == 400 + 200 and des.size == 400  # labelled + unlabelled LAMOST
     assert not flags.is_fatal(lam["FLAGS"]).any() and not flags.is_fatal(des["FLAGS"]).any()
     assert set(lam["LAYOUT"]) == {"lamost-image", "lamost-table"}
     assert any(p.endswith(".gz") for p in small_mock["lamost"])
+    # the unlabelled corpus (the last 200 LAMOST stars) is absent from the label catalogue
+    from specbridge.mock.survey import LAMOST_OBSID0
+    corpus = lam["SPECID"] >= LAMOST_OBSID0 + 400
+    assert corpus.sum() == 200 and not np.isfinite(lam["TEFF"][corpus]).any()
+    assert (lam["FLAGS"][corpus] & flags.flag("NO_LABEL")).all()
     # labels reach stars only through the cross-match; most are matched, some are not
-    for rows, lo in ((lam, 0.8), (des, 0.5)):
+    for rows, lo in ((lam[~corpus], 0.8), (des, 0.5)):
         matched = np.isfinite(rows["TEFF"])
         assert lo * rows.size < matched.sum() < rows.size
     assert set(des["MATCH_METHOD"]) >= {"gaia", "position"}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from specbridge.models import SpecFormer, SpectrumMLP, gaussian_nll
-from specbridge.models.specformer import chunk_mask
+from specbridge.models.specformer import span_mask
 
 
 def test_mlp_has_the_papers_parameter_count():
@@ -41,17 +42,76 @@ def test_specformer_shapes_and_masked_loss():
     torch.manual_seed(0)
     m = SpecFormer(npix=1462, patch_size=20, patch_stride=10, d_model=32, n_layers=2,
                    n_heads=4)
-    assert m.n_patches == 145
+    assert m.n_patches == 146  # 1462 pixels: the last patch is padded, no pixel left out
+    assert bool((m.coverage[:1462] >= 1).all())
     flux = 1 + 0.1 * torch.randn(3, 1462)
     ivar = torch.full((3, 1462), 100.0)
     ivar[0, :200] = 0  # pixels without information
     assert m.embed(flux, ivar).shape == (3, 32)
-    mask = chunk_mask(3, m.n_patches, 0.3, 4, torch.Generator().manual_seed(1))
-    assert 0.15 < mask.float().mean() <= 0.35
-    loss = m.masked_loss(flux, ivar, mask)
-    assert torch.isfinite(loss) and loss > 0
+    hidden = span_mask(3, 1462, 0.3, 40, torch.Generator().manual_seed(1))
+    loss, base = m(flux, ivar, hidden)
+    assert torch.isfinite(loss) and loss > 0 and torch.isfinite(base) and base > 0
     loss.backward()
     assert m.reconstruct.weight.grad is not None
+    assert m.blocks[0].qkv.weight.grad is not None
+
+
+@pytest.mark.parametrize("fraction,span", [(0.3, 40), (0.15, 20), (0.5, 30), (0.3, 7)])
+def test_span_mask_reaches_the_configured_fraction(fraction, span):
+    mask = span_mask(64, 1462, fraction, span, torch.Generator().manual_seed(3))
+    realised = mask.float().mean(dim=1)
+    assert torch.all((realised - fraction).abs() < 0.02), realised
+    # contiguous spans: every hidden run is a multiple of the span long
+    row = mask[0].int()
+    edges = torch.nonzero(torch.diff(torch.cat([torch.zeros(1, dtype=torch.int),
+                                                row, torch.zeros(1, dtype=torch.int)])))
+    runs = (edges[1::2] - edges[::2]).flatten()
+    assert torch.all(runs % span == 0)
+
+
+def test_no_hidden_pixel_reaches_the_encoder():
+    """Perturbing hidden pixels leaves every output token, the reconstruction and the loss's
+    prediction unchanged; perturbing a visible pixel changes them."""
+    torch.manual_seed(0)
+    m = SpecFormer(npix=500, patch_size=20, patch_stride=10, d_model=32, n_layers=2,
+                   n_heads=4).eval()
+    flux = 1 + 0.1 * torch.randn(4, 500)
+    ivar = torch.full((4, 500), 50.0)
+    hidden = span_mask(4, 500, 0.3, 40, torch.Generator().manual_seed(2))
+    noisy = torch.where(hidden, flux + 10 * torch.randn_like(flux), flux)
+    with torch.no_grad():
+        out0, _, _ = m.encode(flux, ivar, hidden)
+        out1, _, _ = m.encode(noisy, ivar, hidden)
+        pred0, _, _ = m.reconstruction(flux, ivar, hidden)
+        pred1, _, _ = m.reconstruction(noisy, ivar, hidden)
+        assert torch.allclose(out0, out1, atol=1e-6)
+        assert torch.allclose(pred0, pred1, atol=1e-6)
+        visible = torch.nonzero(~hidden[0])[0, 0]
+        poked = flux.clone()
+        poked[0, visible] += 1.0
+        out2, _, _ = m.encode(poked, ivar, hidden)
+        assert not torch.allclose(out0[0], out2[0], atol=1e-6)
+
+
+def test_out_of_domain_score_is_noise_aware():
+    """The spectrum-space score of pure noise about a level is ~0 for a model that predicts
+    that level, and grows with structure the model cannot predict."""
+    torch.manual_seed(0)
+    m = SpecFormer(npix=400, patch_size=20, patch_stride=10, d_model=16, n_layers=1,
+                   n_heads=2).eval()
+    with torch.no_grad():  # a model that predicts 0 (the mean) everywhere
+        m.reconstruct.weight.zero_()
+        m.reconstruct.bias.zero_()
+    sigma = 0.05
+    noise = 1 + sigma * torch.randn(8, 400)
+    ivar = torch.full((8, 400), 1 / sigma ** 2)
+    wave = torch.arange(400.0)
+    lines = noise - 0.3 * torch.exp(-0.5 * ((wave % 50 - 25) / 2) ** 2)
+    with torch.no_grad():
+        s_noise = m.spectrum_scores(noise, ivar)
+        s_lines = m.spectrum_scores(lines, ivar)
+    assert s_noise.abs().max() < 0.15
+    assert s_lines.min() > 0.5
 
 
 def test_specformer_production_size():

@@ -112,7 +112,8 @@ def test_training_ddp_under_srun_matches_one_rank(slurm_cluster, small_mock, tmp
 
 
 SMALL_PIPELINE = {
-    "data": {"mock": {"n_lamost": 400, "n_desi": 400, "desi_per_file": 200,
+    "data": {"mock": {"n_lamost": 400, "n_lamost_unlabelled": 200, "n_desi": 400,
+                      "desi_per_file": 200,
                       "desi_resolution_hdu": False}},
     "preprocess": {"spectra_per_shard": 150},
     "models": {"mlp": {"hidden": [64, 32], "dropout": 0.0},

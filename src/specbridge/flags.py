@@ -51,6 +51,12 @@ FLAG_BITS: tuple[FlagBit, ...] = (
     FlagBit("PREDICTION_FAILED", 24, True, "no prediction could be made"),
     FlagBit("NOT_ROUTED", 25, False, "the router candidate gave no [Fe/H]; the regime came from "
             "another candidate's value (or none)"),
+    FlagBit("OOD_SPECTRUM", 26, False, "out of domain in spectrum space: the SpecFormer's "
+            "masked-reconstruction score is above the threshold (a percentile of its training "
+            "spectra's, config inference.ood)"),
+    FlagBit("OOD_LABELS", 27, False, "out of domain in label space: a served label lies outside "
+            "the training labels' range, or the fine-tuned candidates disagree with it beyond "
+            "their combined errors"),
 )
 
 BY_NAME: dict[str, FlagBit] = {f.name: f for f in FLAG_BITS}

@@ -12,6 +12,7 @@ rule report:
         vac=vac_outputs()[0],
         real=real_tables,
         scoreboard=out("evaluation", "real_scoreboard.ecsv"),
+        specformer=pretrained("specformer"),
     output:
         html=out("report", "index.html"),
         one_to_one=report(
@@ -55,7 +56,8 @@ rule report:
         "--selection {input.selection} --summary {input.summary} "
         "--predictions {input.predictions} --calibration {input.calibration} "
         "--vac {input.vac} {params.real} "
-        "--scoreboard {input.scoreboard} --output {output.html} "
+        "--scoreboard {input.scoreboard} --specformer {input.specformer} "
+        "--output {output.html} "
         "> {log} 2>&1"
 
 
@@ -93,6 +95,7 @@ rule validate_real:
     """Real labelled LAMOST spectra (config real_validation) predicted by the pretrained MLP."""
     input:
         model=pretrained("mlp"),
+        specformer=pretrained("specformer"),
     output:
         table=out("real", "{realset}.ecsv"),
         figure=report(
@@ -117,4 +120,5 @@ rule validate_real:
         "../../envs/specbridge.yaml"
     shell:
         "specbridge validate-real --config {params.config} --set {wildcards.realset} "
-        "--model {input.model} --output {output.table} --figure {output.figure} > {log} 2>&1"
+        "--model {input.model} --specformer {input.specformer} --output {output.table} "
+        "--figure {output.figure} > {log} 2>&1"

@@ -12,7 +12,8 @@ def run(args: argparse.Namespace) -> int:
 
     inputs = {"metrics": args.metrics, "selection": args.selection, "summary": args.summary,
               "predictions": args.predictions, "vac": args.vac, "real": args.real,
-              "scoreboard": args.scoreboard, "calibration": args.calibration}
+              "scoreboard": args.scoreboard, "calibration": args.calibration,
+              "specformer": args.specformer}
     return report.run(config_from_args(args), inputs, {"page": args.output})
 
 
@@ -31,5 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vac", required=True, help="merged VAC FITS file")
     p.add_argument("--real", nargs="*", help="tables of validate-real (real LAMOST sets)")
     p.add_argument("--scoreboard", help="scoreboard of the real sets (ECSV of scoreboard)")
+    p.add_argument("--specformer", help="pretrained SpecFormer checkpoint (its embedding "
+                   "quality and out-of-domain settings are shown)")
     p.add_argument("--output", required=True, help="report HTML page (figures beside it)")
     p.set_defaults(func=run)

@@ -22,7 +22,9 @@ from specbridge.training.data import network_input
 class Candidate:
     """A servable fine-tuned model. ``feature`` is its input kind: 'flux' (network input from
     the spectra shards), 'spectrum' (flux and ivar, for the SpecFormer) or 'embedding'
-    (SpecFormer embeddings); ``mean``/``std`` (n_labels,) undo the label standardisation."""
+    (SpecFormer embeddings); ``mean``/``std`` (n_labels,) undo the label standardisation;
+    ``support``: {'lo', 'hi'} (n_labels,) range of the labels it was pretrained on (None for
+    checkpoints made before it was stored)."""
 
     name: str
     model: str
@@ -33,6 +35,7 @@ class Candidate:
     mean: np.ndarray
     std: np.ndarray
     path: str
+    support: dict[str, list[float]] | None = None
 
 
 def load_candidates(paths: Sequence[str | Path], device: str | torch.device = "cpu"
@@ -47,7 +50,8 @@ def load_candidates(paths: Sequence[str | Path], device: str | torch.device = "c
         out.append(Candidate(meta["candidate"], meta["model"], meta["strategy"],
                              meta["feature"], net, list(meta["labels"]),
                              np.asarray(meta["label_mean"], np.float64),
-                             np.asarray(meta["label_std"], np.float64), str(p)))
+                             np.asarray(meta["label_std"], np.float64), str(p),
+                             meta.get("label_support")))
     if len({tuple(c.labels) for c in out}) > 1:
         raise ValueError("candidates predict different labels")
     return out
@@ -159,6 +163,7 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
     without a fatal flag got no label at all. A row with some labels NaN and others
     present is not flagged as failed."""
     from specbridge.evaluation.calibration import apply_all
+    from specbridge.inference.ood import ood_flags
     from specbridge.inference.routing import route_passes
 
     d = read_inputs(shard, {c.feature for c in cands})
@@ -168,6 +173,11 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
                      routing["threshold"], routing["blend_width"], routing.get("blend"),
                      int(routing.get("router_passes", 1)))
     fl = d["flags"].astype(np.int64)
+    ood = routing.get("ood") or {}
+    score = _ood_scores(shard, d["specid"].shape[0])
+    fl |= ood_flags(score, ood.get("threshold"), r.value, r.error, _support(cands),
+                    [preds[c.name] for c in cands if c.strategy != "zeroshot"],
+                    float(ood.get("z_max", 5.0)))
     some = np.isfinite(r.value).any(1)
     failed = ~some & ~flags.is_fatal(fl)
     fl[failed] |= flags.flag("PREDICTION_FAILED")
@@ -184,8 +194,31 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
             counts["no prediction (the selected candidates gave no value)"] = \
                 int(failed.sum()) - no_input
     arrays = {"specid": d["specid"], "manifest_row": d["manifest_row"], "flags": fl,
-              "snr": d["snr"], "value": r.value.astype(np.float32),
+              "snr": d["snr"], "ood_score": score.astype(np.float32),
+              "value": r.value.astype(np.float32),
               "error": r.error.astype(np.float32), "regime": r.regime, "served": r.served,
               "candidate_value": np.stack([preds[n][0] for n in names]).astype(np.float32),
               "candidate_error": np.stack([preds[n][1] for n in names]).astype(np.float32)}
     return arrays, counts
+
+
+def _ood_scores(shard: Mapping[str, Any], n: int) -> np.ndarray:
+    """(n,) out-of-domain scores of the shard's rows from its embedding shard (NaN without
+    one, or for one written before scores were stored)."""
+    import h5py
+
+    if shard.get("emb_path"):
+        with h5py.File(shard["emb_path"], "r") as h:
+            if "ood_score" in h:
+                return h["ood_score"][()].astype(np.float64)
+    return np.full(n, np.nan)
+
+
+def _support(cands: Sequence[Candidate]) -> dict[str, list[float]] | None:
+    """The widest training-label range among the candidates' ({'lo', 'hi'}), None if none
+    stores one."""
+    sup = [c.support for c in cands if c.support]
+    if not sup:
+        return None
+    return {"lo": np.min([s["lo"] for s in sup], axis=0).tolist(),
+            "hi": np.max([s["hi"] for s in sup], axis=0).tolist()}

@@ -438,7 +438,11 @@ def generate(cfg: dict[str, Any], outdir: str | Path, comm: Any = None,
         comm.Barrier()
         if rank != 0:
             ctx = build_context(cfg)  # reads the cache
-    lamost = draw_stars(ctx, "lamost", mock["n_lamost"], seed)
+    # the labelled LAMOST set, then the unlabelled corpus: the same population observed the
+    # same way, absent from the label catalogue (the SpecFormer pretrains on both)
+    n_lam = mock["n_lamost"] + mock["n_lamost_unlabelled"]
+    lamost = draw_stars(ctx, "lamost", n_lam, seed)
+    labelled = subset(lamost, np.arange(mock["n_lamost"]))
     desi = draw_stars(ctx, "desi", mock["n_desi"], seed)
     (outdir / "lamost").mkdir(parents=True, exist_ok=True)
     (outdir / "desi").mkdir(parents=True, exist_ok=True)
@@ -446,8 +450,8 @@ def generate(cfg: dict[str, Any], outdir: str | Path, comm: Any = None,
         with_resolution = mock.get("desi_resolution_hdu", True)
 
     batch = 250
-    lam_batches = [(b, np.arange(s, min(s + batch, mock["n_lamost"])))
-                   for b, s in enumerate(range(0, mock["n_lamost"], batch))]
+    lam_batches = [(b, np.arange(s, min(s + batch, n_lam)))
+                   for b, s in enumerate(range(0, n_lam, batch))]
     per = mock["desi_per_file"]
     desi_groups = [(g, np.arange(s, min(s + per, mock["n_desi"])))
                    for g, s in enumerate(range(0, mock["n_desi"], per))]
@@ -478,7 +482,7 @@ def generate(cfg: dict[str, Any], outdir: str | Path, comm: Any = None,
         written = {key: sorted(p for w in gathered for p in w[key]) for key in written}
     labels_path = outdir / "apogee_allstar.fits"
     with atomic_output(labels_path) as tmp:
-        fitsio.write(str(tmp), apogee_catalogue(lamost, desi, seed), extname="ALLSTAR",
+        fitsio.write(str(tmp), apogee_catalogue(labelled, desi, seed), extname="ALLSTAR",
                      clobber=True)
     truth_path = outdir / "truth.fits"
     with atomic_output(truth_path) as tmp:

@@ -1,23 +1,60 @@
 """SpecFormer: a transformer foundation model for spectra (SpecCLIP conventions, docs/design.md).
 
-Each spectrum (batch, npix) is standardised by its own mean and standard deviation and cut into
-patches of ``patch_size`` pixels with stride ``patch_stride``; a leading token carries the
-statistics (mean and log10 std); patches are embedded linearly, learned positions are added,
-and a pre-LayerNorm transformer encoder (``d_model``, ``n_layers``, ``n_heads``) follows.
-Self-supervised objective: contiguous chunks of patch tokens are replaced by a learned mask
-token and reconstructed; the loss is the ivar-weighted squared error over the masked patches'
-pixels, blind to pixels without information. The embedding is the mean over the output
-patch tokens (d_model), standardised downstream with stored statistics.
+Each spectrum (batch, npix) is standardised by the mean and standard deviation of its usable,
+visible pixels and cut into patches of ``patch_size`` pixels with stride ``patch_stride``; the
+spectrum is padded at the red end (with unusable pixels) so that the patches cover every pixel.
+A leading token carries the statistics (mean and log10 std); patches are embedded linearly,
+learned positions are added, and a stack of pre-LayerNorm transformer blocks (``d_model``,
+``n_layers``, ``n_heads``; attention and feed-forward built from named nn.Linear layers
+``qkv``, ``proj``, ``fc1``, ``fc2`` so that LoRA can adapt each of them) follows.
+
+Self-supervised objective (masked pixels, not tokens): contiguous spans of pixels are hidden;
+every patch token that covers a hidden pixel is replaced by a learned mask token, and the
+hidden pixels are left out of the standardisation, so no hidden value reaches the encoder.
+Each token reconstructs its patch; a pixel's reconstruction is the mean over the tokens that
+cover it. The loss is the plain mean squared error over hidden usable pixels of the
+standardised flux (so high-S/N spectra do not dominate a batch). The embedding is the mean
+over the output patch tokens (d_model), standardised downstream with stored statistics.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 def n_patches(npix: int, size: int, stride: int) -> int:
-    return (npix - size) // stride + 1
+    """Number of patches covering ``npix`` pixels, the last one padded where needed."""
+    return -(-max(npix - size, 0) // stride) + 1
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + MLP(LN(x)), with
+    ``qkv`` (d -> 3d) and ``proj`` (d -> d) for attention and ``fc1`` (d -> 4d), ``fc2``
+    (4d -> d) for the GELU feed-forward; input and output (batch, tokens, d_model)."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
+        self.n_heads, self.dropout = n_heads, dropout
+        self.ln1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.fc1 = nn.Linear(d_model, 4 * d_model)
+        self.fc2 = nn.Linear(4 * d_model, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (self.qkv(self.ln1(x)).view(b, t, 3, self.n_heads, d // self.n_heads)
+                   .permute(2, 0, 3, 1, 4))
+        a = F.scaled_dot_product_attention(q, k, v,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
 
 
 class SpecFormer(nn.Module):
@@ -27,48 +64,78 @@ class SpecFormer(nn.Module):
         super().__init__()
         self.npix, self.size, self.stride = npix, patch_size, patch_stride
         self.n_patches = n_patches(npix, patch_size, patch_stride)
+        self.pad = (self.n_patches - 1) * patch_stride + patch_size - npix
         self.patch_embed = nn.Linear(patch_size, d_model)
         self.stats_embed = nn.Linear(2, d_model)
         self.pos = nn.Parameter(torch.zeros(1, self.n_patches + 1, d_model))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d_model))
-        layer = nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout,
-                                           batch_first=True, norm_first=True,
-                                           activation="gelu")
-        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
         self.reconstruct = nn.Linear(d_model, patch_size)
         nn.init.normal_(self.pos, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
+        index = (torch.arange(self.n_patches)[:, None] * patch_stride
+                 + torch.arange(patch_size)[None, :])
+        self.register_buffer("pixel_index", index.reshape(-1), persistent=False)
+        cover = torch.zeros(npix + self.pad).index_add_(0, index.reshape(-1),
+                                                         torch.ones(index.numel()))
+        self.register_buffer("coverage", cover, persistent=False)
 
     def standardise(self, flux: torch.Tensor, ivar: torch.Tensor,
+                    hidden: torch.Tensor | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-spectrum (ivar > 0 pixels) mean/std: returns (x, stats (batch, 2), scale)."""
-        w = (ivar > 0).to(flux.dtype)
+        """Per-spectrum mean/std over usable (ivar > 0), visible (not ``hidden``) pixels:
+        (x (batch, npix) = (flux - mean) / std with unusable pixels set to 0, hidden ones
+        included, stats (batch, 2) = mean and log10 std, std (batch, 1)). flux, ivar:
+        (batch, npix); hidden: (batch, npix) bool or None."""
+        use = ivar > 0
+        vis = use if hidden is None else use & ~hidden
+        w = vis.to(flux.dtype)
         n = w.sum(1, keepdim=True).clamp(min=1)
         mu = (flux * w).sum(1, keepdim=True) / n
         sd = (((flux - mu) ** 2 * w).sum(1, keepdim=True) / n).sqrt().clamp(min=1e-6)
-        x = torch.where(ivar > 0, (flux - mu) / sd, torch.zeros_like(flux))
+        x = torch.where(use, (flux - mu) / sd, torch.zeros_like(flux))
         stats = torch.cat([mu, torch.log10(sd)], dim=1)
         return x, stats, sd
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, npix) -> (batch, n_patches, patch_size)."""
+        """(batch, npix) -> (batch, n_patches, patch_size), zero-padded at the red end."""
+        if self.pad:
+            x = F.pad(x, (0, self.pad))
         return x.unfold(1, self.size, self.stride)
 
-    def encode(self, flux: torch.Tensor, ivar: torch.Tensor,
-               token_mask: torch.Tensor | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Output tokens (batch, n_patches, d_model), the standardised input (batch, npix) and
-        each spectrum's std (batch, 1).
+    def covering(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, n_patches) bool: the tokens that cover at least one ``hidden`` pixel."""
+        return self.patches(hidden.to(torch.uint8)).amax(-1) > 0
 
-        ``token_mask`` (batch, n_patches) bool: patches replaced by the mask token.
+    def unpatch(self, p: torch.Tensor) -> torch.Tensor:
+        """(batch, n_patches, patch_size) -> (batch, npix): each pixel the mean of the patch
+        values that cover it (the inverse of :meth:`patches` for consistent patches)."""
+        out = p.new_zeros(p.shape[0], self.npix + self.pad)
+        out.index_add_(1, self.pixel_index, p.reshape(p.shape[0], -1))
+        return (out / self.coverage.to(p.dtype))[:, :self.npix]
+
+    def encode(self, flux: torch.Tensor, ivar: torch.Tensor,
+               hidden: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Output tokens (batch, n_patches, d_model), the standardised flux (batch, npix; hidden
+        pixels included, standardised with the visible pixels' statistics) and each
+        spectrum's std (batch, 1).
+
+        ``hidden`` (batch, npix) bool: pixels kept from the encoder; every token covering one
+        is replaced by the mask token and they do not enter the standardisation.
         """
-        x, stats, sd = self.standardise(flux, ivar)
-        tok = self.patch_embed(self.patches(x))
-        if token_mask is not None:
-            tok = torch.where(token_mask[..., None], self.mask_token.expand_as(tok), tok)
+        x, stats, sd = self.standardise(flux, ivar, hidden)
+        seen = x if hidden is None else torch.where(hidden, torch.zeros_like(x), x)
+        tok = self.patch_embed(self.patches(seen))
+        if hidden is not None:
+            masked = self.covering(hidden)
+            tok = torch.where(masked[..., None], self.mask_token.to(tok.dtype).expand_as(tok),
+                              tok)
         tok = torch.cat([self.stats_embed(stats)[:, None, :], tok], dim=1) + self.pos
-        out = self.norm(self.encoder(tok))
+        for block in self.blocks:
+            tok = block(tok)
+        out = self.norm(tok)
         return out[:, 1:], x, sd
 
     def embed(self, flux: torch.Tensor, ivar: torch.Tensor) -> torch.Tensor:
@@ -76,44 +143,76 @@ class SpecFormer(nn.Module):
         out, _, _ = self.encode(flux, ivar)
         return out.mean(dim=1)
 
-    def forward(self, flux: torch.Tensor, ivar: torch.Tensor, token_mask: torch.Tensor,
+    def forward(self, flux: torch.Tensor, ivar: torch.Tensor, hidden: torch.Tensor,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(masked reconstruction loss, loss of predicting each masked patch by its own mean)
-        - forward() so that DDP sees the training computation."""
-        return self.masked_loss(flux, ivar, token_mask, with_baseline=True)
+        """(masked reconstruction loss, loss of predicting each hidden pixel by the mean of
+        its patches) - forward() so that DDP sees the training computation."""
+        return self.masked_loss(flux, ivar, hidden, with_baseline=True)
 
-    def masked_loss(self, flux: torch.Tensor, ivar: torch.Tensor, token_mask: torch.Tensor,
+    def reconstruction(self, flux: torch.Tensor, ivar: torch.Tensor, hidden: torch.Tensor,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prediction, standardised target x, std), each pixel predicted from the encoder
+        that did not see ``hidden``: prediction and x (batch, npix) in standardised units
+        (the target is computed with the visible pixels' mean and std), std (batch, 1)."""
+        out, x, sd = self.encode(flux, ivar, hidden)
+        return self.unpatch(self.reconstruct(out)), x, sd
+
+    def masked_loss(self, flux: torch.Tensor, ivar: torch.Tensor, hidden: torch.Tensor,
                     with_baseline: bool = False):
-        """ivar-weighted MSE of the reconstruction over the masked patches' usable pixels.
-
-        Weights are ivar * sd^2 (the inverse variance of the standardised flux), normalised to
-        mean 1 over the counted pixels, so the loss is comparable between spectra.
-        """
-        out, x, sd = self.encode(flux, ivar, token_mask)
-        pred = self.reconstruct(out)                       # (batch, n_patches, size)
-        w = self.patches(ivar * sd ** 2)                   # inverse variance, standardised
-        m = token_mask[..., None] & (w > 0)
-        w = torch.where(m, w, torch.zeros_like(w))
-        w = w / w[m].mean().clamp(min=1e-12) if m.any() else w
-        target = self.patches(x)
+        """Mean squared error of the reconstruction over the hidden usable pixels (standardised
+        flux units), pooled over the batch; with ``with_baseline`` also that of the baseline
+        predicting each hidden pixel by the mean over its patches of their hidden usable
+        pixels' true values (an oracle of the local level)."""
+        pred, x, _ = self.reconstruction(flux, ivar, hidden)
+        m = hidden & (ivar > 0)
         n = m.sum().clamp(min=1)
-        loss = (((pred - target) ** 2) * w).sum() / n
+        loss = torch.where(m, (pred - x) ** 2, torch.zeros_like(x)).sum() / n
         if not with_baseline:
             return loss
-        # the baseline: each masked patch predicted by its own (weighted) mean
-        pm = (target * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp(min=1e-12)
-        base = (((pm - target) ** 2) * w).sum() / n
+        mp = self.patches(m.to(x.dtype))
+        pm = (self.patches(x) * mp).sum(-1, keepdim=True) / mp.sum(-1, keepdim=True).clamp(
+            min=1)
+        has = (mp.sum(-1, keepdim=True) > 0).to(x.dtype)
+        base_pred = (self.unpatch((pm * has).expand_as(mp))
+                     / self.unpatch(has.expand_as(mp)).clamp(min=1e-6))
+        base = torch.where(m, (base_pred - x) ** 2, torch.zeros_like(x)).sum() / n
         return loss, base.detach()
 
+    def spectrum_scores(self, flux: torch.Tensor, ivar: torch.Tensor, n_views: int = 4,
+                        span: int = 40) -> torch.Tensor:
+        """(batch,) out-of-domain score: the mean over all usable pixels of the excess squared
+        reconstruction error, (pred - x)^2 - 1 / (ivar std^2), in standardised flux units;
+        each pixel is hidden in exactly one of ``n_views`` deterministic views (spans of
+        ``span`` pixels, every ``n_views``-th span hidden in a view), so every pixel is
+        reconstructed without being seen. Near 0 for spectra the model knows (errors at the
+        noise level), large for spectra unlike its training set."""
+        b, npix = flux.shape
+        span_id = torch.arange(npix, device=flux.device) // span
+        num = flux.new_zeros(b)
+        den = flux.new_zeros(b)
+        for v in range(n_views):
+            hidden = (span_id % n_views == v)[None, :].expand(b, npix)
+            pred, x, sd = self.reconstruction(flux, ivar, hidden)
+            m = hidden & (ivar > 0)
+            noise = torch.where(ivar > 0, 1.0 / (ivar * sd ** 2).clamp(min=1e-12),
+                                torch.zeros_like(x))
+            num += torch.where(m, (pred - x) ** 2 - noise, torch.zeros_like(x)).sum(1)
+            den += m.sum(1).to(x.dtype)
+        return num / den.clamp(min=1)
 
-def chunk_mask(batch: int, n_tokens: int, fraction: float, chunk: int,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """(batch, n_tokens) bool: contiguous chunks of ``chunk`` tokens masked until about
-    ``fraction`` of the tokens are masked (at least one chunk per spectrum)."""
-    n_chunks = max(1, round(fraction * n_tokens / chunk))
-    starts = torch.randint(0, max(1, n_tokens - chunk + 1), (batch, n_chunks),
-                           generator=generator)
-    idx = starts[..., None] + torch.arange(chunk)[None, None, :]
-    mask = torch.zeros(batch, n_tokens, dtype=torch.bool)
-    mask.scatter_(1, idx.reshape(batch, -1).clamp(max=n_tokens - 1), True)
+
+def span_mask(batch: int, npix: int, fraction: float, span: int,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """(batch, npix) bool: ``k = max(1, round(fraction * npix / span))`` non-overlapping spans
+    of ``span`` pixels at random places, so ``k * span / npix`` of the pixels (within half a
+    span of ``fraction``) are hidden in every spectrum."""
+    span = max(1, min(span, npix))
+    k = max(1, min(round(fraction * npix / span), npix // span))
+    free = npix - k * span                # pixels not in any span
+    # k sorted positions among the free pixels; the i-th span starts after i earlier spans
+    pos = torch.randint(0, free + 1, (batch, k), generator=generator).sort(dim=1).values
+    starts = pos + torch.arange(k)[None, :] * span
+    idx = (starts[..., None] + torch.arange(span)[None, None, :]).reshape(batch, -1)
+    mask = torch.zeros(batch, npix, dtype=torch.bool)
+    mask.scatter_(1, idx, True)
     return mask

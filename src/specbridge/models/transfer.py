@@ -19,6 +19,7 @@ from specbridge.models.mlp import SpectrumMLP
 from specbridge.models.specformer import SpecFormer
 
 STRATEGIES = ("zeroshot", "adapter", "lora", "full")
+SPECFORMER_LORA_LAYERS = ("qkv", "proj", "fc1", "fc2")
 
 
 class ResidualAdapter(nn.Module):
@@ -95,11 +96,10 @@ def lora_targets(base: SpectrumMLP | SpecFormerRegressor, target_modules: Sequen
     the heads too when the output layer is not trained in full; other entries are names."""
     names: list[str] = []
     if isinstance(base, SpecFormerRegressor):
-        # the encoder's feed-forward Linear layers: MultiheadAttention reads out_proj's weight
-        # directly (not through its forward), so LoRA there would have no effect
+        # every block's attention (qkv, proj) and feed-forward (fc1, fc2) projection
         return sorted(n for n, m in base.named_modules() if isinstance(m, nn.Linear)
-                      and n.startswith("specformer.encoder.") and n.rsplit(".", 1)[-1]
-                      in ("linear1", "linear2"))
+                      and n.startswith("specformer.blocks.") and n.rsplit(".", 1)[-1]
+                      in SPECFORMER_LORA_LAYERS)
     heads = {"mean", "log_var"}
     for t in target_modules:
         if t == "linear":
@@ -132,9 +132,6 @@ def build_transfer_model(base: SpectrumMLP | SpecFormerRegressor, strategy: str,
         train_out = lora.get("train_output_layer", True)
         if isinstance(base, SpecFormerRegressor):
             saved = ["head"] if train_out else None  # the embedding MLP on top
-            # torch's inference fast path of TransformerEncoderLayer reads linear1/linear2's
-            # weights directly and would skip the LoRA matrices in eval mode
-            torch.backends.mha.set_fastpath_enabled(False)
         else:
             saved = ["mean", "log_var"] if train_out else None
         cfg = LoraConfig(r=lora.get("rank", 8), lora_alpha=lora.get("alpha", 16),

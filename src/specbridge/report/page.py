@@ -74,14 +74,15 @@ _STYLE = ("<style>body{font-family:sans-serif;max-width:1400px;margin:auto}"
 def page_html(*, vac_path: str, params: Any, metrics: Any, selection: Any, summary: Any,
               labels: list[str], shown: tuple[str, str], threshold: float, router: str,
               real: list[str], report_dir: Path, scoreboard: Any = None,
-              calibration: Any = None) -> str:
+              calibration: Any = None, foundation: dict[str, Any] | None = None) -> str:
     """The report page: the real sets' scoreboard, answers, selection, figures (named by
     :data:`FIGURES`, beside the page), per-label tables by regime, the catalogue's overview
     and the real sets' summaries and figures.
     ``params`` is the VAC's PARAMS table, ``shown`` the zero-shot and fine-tuned candidates
     drawn in the one-to-one figure, ``threshold`` the regime split in [Fe/H] (dex),
     ``scoreboard`` the real sets' scoreboard table (None: no such section),
-    ``calibration`` the evaluation's error recalibration table (None: no such section).
+    ``calibration`` the evaluation's error recalibration table (None: no such section),
+    ``foundation`` the pretrained SpecFormer's metadata (None: no such section).
     Intervals are written ``value [lo, hi]``."""
     from specbridge import flags
     from specbridge.evaluation.markdown import ANSWER_COLUMNS, SELECTION_SHOWN, _with_ci
@@ -133,7 +134,53 @@ def page_html(*, vac_path: str, params: Any, metrics: Any, selection: Any, summa
                             "within_2sigma", "z_robust_sigma") if c in t.colnames]
         parts += [f"<h3>{html.escape(lab)} ({html.escape(str(t['unit'][0]))})</h3>",
                   table_html(compact(t, _with_ci(t, cols)))]
+    parts += foundation_section(foundation, params)
     parts += ["<h2>The catalogue</h2>", f"<img src='{FIGURES[3]}'>"]
     parts += real_sections(real, report_dir)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def foundation_section(meta: dict[str, Any] | None, params: Any = None) -> list[str]:
+    """HTML of the foundation model's section from the pretrained SpecFormer's checkpoint
+    metadata: its pretraining set (labelled and unlabelled LAMOST spectra, those left out as
+    DESI validation/test stars), masked reconstruction against the patch-mean baseline, the
+    linear probes per label, and the out-of-domain threshold with the VAC rows flagged
+    (``params``: the VAC's PARAMS table, optional). [] without metadata."""
+    from specbridge import flags
+
+    if not meta:
+        return []
+    out = ["<h2>The foundation model (SpecFormer)</h2>"]
+    val, base = meta.get("val_loss"), meta.get("val_patch_mean_loss")
+    text = (f"<p>Pretrained self-supervised on {meta.get('n_train_spectra', '?')} LAMOST "
+            f"spectra, labelled or not ({meta.get('n_val_spectra', '?')} more for "
+            f"validation); {meta.get('n_excluded_holdout', 0)} LAMOST spectra of stars in the "
+            "DESI validation or test splits were left out. ")
+    if val is not None and base:
+        text += (f"Masked-pixel reconstruction on validation: mean squared error "
+                 f"{float(val):.4g} against {float(base):.4g} for predicting each hidden pixel "
+                 f"by its patches' mean (ratio {float(val) / float(base):.3f}).")
+    out.append(text + "</p>")
+    probe = meta.get("probe") or {}
+    if probe:
+        rows = "".join(
+            f"<tr><td>{html.escape(lab)}</td><td>{q['embedding']:.4g}</td>"
+            f"<td>{q['pixels']:.4g}</td><td>{q['spread']:.4g}</td>"
+            f"<td>{q['n_train']}</td><td>{q['n_val']}</td></tr>" for lab, q in probe.items())
+        out += ["<p>Linear probes (ridge regression) per label on held-out labelled LAMOST "
+                "spectra: robust sigma of the probe on the frozen, standardised embeddings "
+                "and, for reference, on the pixels.</p>",
+                "<table><tr><th>label</th><th>probe on embeddings</th><th>probe on pixels"
+                "</th><th>label spread</th><th>n train</th><th>n validation</th></tr>"
+                f"{rows}</table>"]
+    q = meta.get("ood_score_quantiles")
+    if q and params is not None:
+        fl = np.asarray(params["FLAGS"], np.int64)
+        ok = ~flags.is_fatal(fl)
+        n_spec = int(((fl & flags.flag("OOD_SPECTRUM")) != 0)[ok].sum())
+        n_lab = int(((fl & flags.flag("OOD_LABELS")) != 0)[ok].sum())
+        out.append(f"<p>Out-of-domain flags in the catalogue: OOD_SPECTRUM on {n_spec} and "
+                   f"OOD_LABELS on {n_lab} of {int(ok.sum())} usable rows (the score "
+                   "threshold is in the VAC header, OODTHR).</p>")
+    return out

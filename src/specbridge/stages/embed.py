@@ -1,4 +1,5 @@
-"""Embeddings: the SpecFormer's embedding of every preprocessed spectrum, as HDF5 shards.
+"""Embeddings: the SpecFormer's embedding of every preprocessed spectrum, and its
+out-of-domain score (:mod:`specbridge.inference.ood`), as HDF5 shards.
 
 Each spectra shard gives one embedding shard (same rows, same order: nothing is lost; spectra
 without usable pixels get NaN embeddings). The embedding is the mean over the output patch
@@ -9,6 +10,7 @@ fingerprint chains its spectra shard's fingerprint and the checkpoint's SHA-256.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,7 @@ def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float) -> int:
 
     import torch
 
+    from specbridge.inference.ood import spectrum_scores
     from specbridge.io.shards import ROW_FIELDS, read_shard, write_embedding_shard
     from specbridge.models.checkpoint import load_model
 
@@ -107,11 +110,14 @@ def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float) -> int:
         d = read_shard(task.inputs["spectra"], ("flux", "ivar") + ROW_FIELDS)
         usable = ~flags.is_fatal(d["flags"]) & ((d["ivar"] > 0).sum(1) > 0)
         emb = embed_rows(model, d["flux"], d["ivar"], usable, mean, std)
-        return ShardResult({"embedding": emb, **{f: d[f] for f in ROW_FIELDS}})
+        score = spectrum_scores(model, d["flux"], d["ivar"], usable)
+        return ShardResult({"embedding": emb, "ood_score": score,
+                            **{f: d[f] for f in ROW_FIELDS}})
 
     job = ShardJob("embed", tasks, compute, out, {
         "dim": int(mean.size), "spectra": str(inputs["spectra"]),
-        "specformer": str(inputs["model"])},
+        "specformer": str(inputs["model"]),
+        "ood_score_quantiles": json.dumps(list(ck.meta.get("ood_score_quantiles", [])))},
         write=lambda p, a, at, _n: write_embedding_shard(p, a, at), force=force)
     s = run_shards(job, comm, log)
     if s is not None:

@@ -250,6 +250,7 @@ def _write_candidate(job: _Job, net: nn.Module, val_set: LabelledShards,
             "val_robust_sigma": sig, "pretrained": str(job.inputs["pretrained"]),
             "specformer": str(job.inputs["specformer"]) if on_sf else None,
             "lora": job.ft["lora"] if job.strategy == "lora" else None,
+            "label_support": job.head.meta.get("label_support"),
             "provenance": provenance(job.cfg)}
     save_checkpoint(outputs["checkpoint"],
                     Checkpoint("candidate", _candidate_arch(job), serve.state_dict(), meta))

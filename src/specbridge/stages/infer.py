@@ -74,7 +74,8 @@ def plan(cfg: dict[str, Any], inputs: dict[str, Any], out_dir: Path) -> dict[str
                "router_setting": inf["router"], "router_passes": inf["router_passes"],
                "threshold": cfg["evaluation"]["feh_threshold"], "blend": inf["blend"],
                "blend_width": inf["blend_width"],
-               "calibration": sorted([list(k), list(v)] for k, v in calib.items())}
+               "calibration": sorted([list(k), list(v)] for k, v in calib.items()),
+               "ood": _ood_settings(inf["ood"], inputs.get("embeddings"))}
     settings = fingerprint(sorted(digests.values()), routing, __version__)
     fps = input_fingerprints(shards)
     emb_fps: list[str | None] = [None] * len(shards)
@@ -89,6 +90,21 @@ def plan(cfg: dict[str, Any], inputs: dict[str, Any], out_dir: Path) -> dict[str
              for i, (s, fp, efp) in enumerate(zip(shards, fps, emb_fps, strict=True))]
     return {"tasks": tasks, "selection": selection, "routing": routing, "digests": digests,
             "settings_hash": settings, "calibration": calib}
+
+
+def _ood_settings(ood: dict[str, Any], embeddings: str | None) -> dict[str, Any]:
+    """The out-of-domain settings of :func:`specbridge.inference.ood.ood_flags`: the score
+    threshold (the configured percentile of the SpecFormer training spectra's scores, from the
+    embedding index; None without embeddings or stored scores), the percentile and z_max."""
+    threshold = None
+    if embeddings:
+        from specbridge.inference.ood import score_threshold
+        from specbridge.io.shards import index_attrs
+
+        q = json.loads(index_attrs(embeddings).get("ood_score_quantiles", "[]"))
+        if q:
+            threshold = score_threshold(q, ood["percentile"])
+    return {"threshold": threshold, "percentile": ood["percentile"], "z_max": ood["z_max"]}
 
 
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],

@@ -44,7 +44,8 @@ def run(cfg: Mapping[str, Any], inputs: Mapping[str, Any], outputs: Mapping[str,
     """
     cfg = declared(cfg, CONFIG_SECTIONS)
     if epochs is not None:
-        cfg["training"] = {**cfg["training"], "epochs": epochs}
+        sf = {**cfg["training"].get("specformer", {}), "epochs": epochs}
+        cfg["training"] = {**cfg["training"], "epochs": epochs, "specformer": sf}
     if model not in MODELS:
         raise UserError(f"unknown model {model!r}; one of {MODELS}")
     if model == "emb_mlp" and not inputs.get("embeddings"):
@@ -122,6 +123,7 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
     (``emb_mlp``); rank 0 reports the validation robust sigma and writes the checkpoint."""
     import torch
 
+    from specbridge.inference.ood import label_support
     from specbridge.models.checkpoint import build_model, mlp_arch
     from specbridge.training.loop import LoopSettings, train
     from specbridge.training.supervised import mean_nll, nll_loss_sum, predict_split
@@ -159,6 +161,7 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
     if env.is_main:
         sig, spread = _report_mlp(net, val_set, mean, std, labels, device, seed)
         meta = {"labels": labels, "label_mean": mean, "label_std": std,
+                "label_support": label_support(train_set.labels),
                 "history": state.history, "val_robust_sigma": sig, "val_label_spread": spread,
                 "best_epoch": state.best_epoch, "n_excluded_holdout": n_held}
         _write(outputs["checkpoint"], model, arch, net, meta, cfg, state.best_epoch)
@@ -199,18 +202,18 @@ class _MaskedLoss:
     (random masks from torch's global RNG) and ``validate`` (the same masks every epoch, from
     a generator seeded with ``seed``), which also keeps the patch-mean baseline loss."""
 
-    def __init__(self, n_patches: int, sc: Mapping[str, Any], val_set: LabelledShards,
+    def __init__(self, npix: int, sc: Mapping[str, Any], val_set: LabelledShards,
                  seed: int, device: torch.device):
-        self.n_patches, self.sc, self.val_set = n_patches, sc, val_set
+        self.npix, self.sc, self.val_set = npix, sc, val_set
         self.seed, self.device = seed, device
         self.baseline = float("nan")
 
     def masks(self, b: int, gen: torch.Generator | None = None) -> torch.Tensor:
-        """(b, n_patches) boolean mask of the patches to reconstruct."""
-        from specbridge.models.specformer import chunk_mask
+        """(b, npix) boolean mask of the pixels hidden and reconstructed."""
+        from specbridge.models.specformer import span_mask
 
-        return chunk_mask(b, self.n_patches, self.sc["mask_fraction"], self.sc["mask_chunk"],
-                          gen).to(self.device)
+        return span_mask(b, self.npix, self.sc["mask_fraction"], self.sc["mask_span"],
+                         gen).to(self.device)
 
     def loss_sum(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
         """Summed loss of a batch and its number of spectra."""
@@ -240,64 +243,72 @@ class _MaskedLoss:
         return tot / max(n, 1)
 
 
+def specformer_training(training: Mapping[str, Any]) -> dict[str, Any]:
+    """The SpecFormer's training settings: ``training`` with its ``specformer`` overrides."""
+    return {**{k: v for k, v in training.items() if k != "specformer"},
+            **training.get("specformer", {})}
+
+
 def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
                          outputs: Mapping[str, Any], env: DistEnv, device: torch.device,
                          held: np.ndarray | None = None) -> None:
-    """Self-supervised masked-patch pretraining of the SpecFormer on all usable spectra; rank 0
-    reports the validation loss and writes the checkpoint with the embedding statistics."""
+    """Self-supervised masked-pixel pretraining of the SpecFormer on every usable LAMOST
+    spectrum, labelled or not; rank 0 measures the embedding quality (reconstruction against
+    the patch-mean baseline, linear probes, the out-of-domain score distribution) and writes
+    the checkpoint with the embedding statistics."""
     import torch
 
     from specbridge.models.checkpoint import build_model
     from specbridge.training.data import LabelledShards
     from specbridge.training.loop import LoopSettings, train
 
-    tr, sc, seed = cfg["training"], cfg["models"]["specformer"], cfg["seed"]
+    tr, sc, seed = specformer_training(cfg["training"]), cfg["models"]["specformer"], cfg["seed"]
     kw = {"labels": cfg["labels"], "val_fraction": tr["val_fraction"], "require_labels": False,
           "with_ivar": True, "exclude_stars": held}
     train_set = LabelledShards(inputs["spectra"], split="train", **kw)
     val_set = LabelledShards(inputs["spectra"], split="val", **kw)
+    if train_set.n < tr["batch_size"] or val_set.n == 0:
+        raise UserError(f"{train_set.n} training / {val_set.n} validation spectra: too few "
+                        f"for batches of {tr['batch_size']}")
     n_held = _log_excluded((train_set, val_set), held)
     arch = {"npix": int(cfg["grid"]["npix"]), **sc}
     torch.manual_seed(seed)
     net = build_model("specformer", arch).to(device)
     if env.is_main:
-        log.info("SpecFormer: %d parameters; %d training, %d validation spectra; %d rank(s)",
+        log.info("SpecFormer: %d parameters; %d training, %d validation spectra (labelled or "
+                 "not); %d rank(s); lr %.3g, batch %d, %d epochs, schedule %s",
                  sum(p.numel() for p in net.parameters()), train_set.n, val_set.n,
-                 env.world_size)
-    task = _MaskedLoss(net.n_patches, sc, val_set, seed, device)
+                 env.world_size, tr["lr"], tr["batch_size"], tr["epochs"], tr["schedule"])
+    task = _MaskedLoss(net.npix, sc, val_set, seed, device)
 
     def train_batches(epoch: int):
         return train_set.batches(epoch, tr["batch_size"], seed, env.rank, env.world_size)
 
+    settings = LoopSettings.from_config(tr, seed, train_set.n // tr["batch_size"])
     extra = {"model": "specformer", **arch}
-    net, state = train(net, task.loss_sum, train_batches, task.validate,
-                       LoopSettings.from_config(tr, seed), _workdir(outputs), env, device,
-                       extra, log)
+    net, state = train(net, task.loss_sum, train_batches, task.validate, settings,
+                       _workdir(outputs), env, device, extra, log)
     if env.is_main:
+        from specbridge.models.embedding_quality import measure
+
         net.eval()
         with torch.no_grad():
             val = task.validate(net)
-        emb_mean, emb_std = _embedding_stats(net, train_set, seed, device)
-        log.info("validation masked-reconstruction loss %.4g; predicting each masked patch by "
-                 "its mean: %.4g (ratio %.3f)", val, task.baseline,
+        log.info("validation masked-reconstruction loss %.4g; predicting each hidden pixel by "
+                 "its patches' mean: %.4g (ratio %.3f)", val, task.baseline,
                  val / max(task.baseline, 1e-12))
-        meta = {"embed_mean": emb_mean, "embed_std": emb_std, "history": state.history,
-                "val_loss": val, "val_patch_mean_loss": task.baseline,
-                "best_epoch": state.best_epoch, "n_excluded_holdout": n_held}
+        quality = measure(net, train_set, val_set, cfg["labels"], seed, device)
+        for lab, q in quality["probe"].items():
+            log.info("linear probe %-8s validation robust sigma %.4g on embeddings, %.4g on "
+                     "pixels (label spread %.4g; %d/%d stars)", lab, q["embedding"],
+                     q["pixels"], q["spread"], q["n_train"], q["n_val"])
+        q = quality["ood_scores"]
+        log.info("out-of-domain score on training spectra: median %.3g, 99th percentile %.3g",
+                 q[len(q) // 2], q[int(0.99 * (len(q) - 1))])
+        meta = {"embed_mean": quality["embed_mean"], "embed_std": quality["embed_std"],
+                "history": state.history, "val_loss": val, "val_patch_mean_loss": task.baseline,
+                "best_epoch": state.best_epoch, "n_excluded_holdout": n_held,
+                "n_train_spectra": train_set.n, "n_val_spectra": val_set.n,
+                "probe": quality["probe"], "ood_score_quantiles": quality["ood_scores"],
+                "training": tr}
         _write(outputs["checkpoint"], "specformer", arch, net, meta, cfg, state.best_epoch)
-
-
-def _embedding_stats(net: nn.Module, train_set: LabelledShards, seed: int,
-                     device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation (d_model,) float32 of the SpecFormer embeddings of the
-    training spectra (a zero deviation replaced by 1), for standardising them downstream."""
-    import torch
-
-    embs = []
-    with torch.no_grad():
-        for b in train_set.batches(0, 256, seed, shuffle=False, drop_last=False):
-            embs.append(net.embed(torch.from_numpy(b.flux).to(device),
-                                  torch.from_numpy(b.ivar).to(device)).cpu().numpy())
-    e = np.concatenate(embs)
-    return e.mean(0), np.where(e.std(0) > 0, e.std(0), 1.0)
-

@@ -55,13 +55,26 @@ def read_scoreboard(path: str | None) -> Any:
         raise UserError(f"{path}: cannot read the scoreboard: {describe(exc)}") from None
 
 
+def read_foundation(path: str | None) -> dict[str, Any] | None:
+    """The pretrained SpecFormer checkpoint's metadata (None without a path)."""
+    if not path:
+        return None
+    from specbridge.models.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(path, ("specformer",)).meta
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {describe(exc)}") from None
+
+
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
         comm: Any = None) -> int:
     """The report page ``outputs['page']`` (figures beside it) from the evaluation's
     ``inputs['metrics']``, ``['selection']``, ``['summary']``, ``['predictions']`` (and
     ``['calibration']``, optional), the VAC
     ``inputs['vac']``, the real-set tables ``inputs['real']`` (list, may be empty) and their
-    scoreboard ``inputs['scoreboard']`` (ECSV of the scoreboard stage; optional)."""
+    scoreboard ``inputs['scoreboard']`` (ECSV of the scoreboard stage; optional) and the
+    pretrained SpecFormer ``inputs['specformer']`` (optional: the foundation-model section)."""
     from specbridge import flags
     from specbridge.report import figures
 
@@ -89,7 +102,8 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
                      router=str(ev["selection"].meta.get("router", cfg["inference"]["router"])),
                      real=inputs.get("real") or [], report_dir=out.parent,
                      scoreboard=read_scoreboard(inputs.get("scoreboard")),
-                     calibration=ev["calibration"])
+                     calibration=ev["calibration"],
+                     foundation=read_foundation(inputs.get("specformer")))
     with atomic_output(out) as tmp:
         Path(tmp).write_text(text)
     log.info("wrote %s and %d figures", out, len(FIGURES))

@@ -221,9 +221,34 @@ def scoreboard_markdown(t: Any) -> str:
         return "\n".join(out)
     top, rest = display_tables(t)
     out += ["## Whole sets (all S/N, all regimes)", "", markdown(top), ""]
+    ood = ood_markdown(t.meta.get("sets", []))
+    if ood:
+        out += ["## Out-of-domain flags", "", ood, ""]
     if len(rest):
         out += ["## By S/N bin and regime", "", markdown(rest), ""]
     return "\n".join(out)
+
+
+def ood_markdown(sets: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of the out-of-domain flags per real set (its table's meta 'ood'), or ''
+    when no set carries them."""
+    rows = []
+    for s in sets:
+        o = s.get("ood")
+        if not o or not o.get("n"):
+            continue
+        below = (f"{o['n_below_teff_flagged']} of {o['n_below_teff']}"
+                 if o.get("n_below_teff") else "-")
+        rows.append(f"| {s['name']} | {o['n']} | {o['n_spectrum']} | {o['n_labels']} | "
+                    f"{o['n_flagged']} ({100 * o['n_flagged'] / o['n']:.0f} %) | {below} |")
+    if not rows:
+        return ""
+    head = ("Spectra flagged OOD_SPECTRUM (SpecFormer reconstruction score above its "
+            "threshold) or OOD_LABELS (prediction outside the training labels' range); last "
+            "column: stars whose reference Teff is below the training range.\n\n"
+            "| set | predicted | OOD_SPECTRUM | OOD_LABELS | either | reference Teff below "
+            "range: flagged |\n|---|---|---|---|---|---|")
+    return head + "\n" + "\n".join(rows)
 
 
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
@@ -244,7 +269,7 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
         rows += set_rows(name, t, edges, threshold, n_boot=n_boot, level=level, seed=seed)
         sets.append({"name": name, "table": str(path), "n_spectra": len(t),
                      "reference": str(t.meta.get("reference", "")),
-                     "model": str(t.meta.get("model", ""))})
+                     "model": str(t.meta.get("model", "")), "ood": t.meta.get("ood")})
     meta = {"title": "real labelled spectra: scoreboard", "level": level, "n_boot": n_boot,
             "seed": seed, "min_n": MIN_N, "feh_threshold": threshold, "snr_bins": edges,
             "star_id": STAR_ID, "sets": sets, "specbridge_version": __version__,

@@ -16,7 +16,7 @@ from specbridge.errors import UserError
 from specbridge.stages import declared
 from specbridge.stages import preprocess as preprocess_stage
 
-CONFIG_SECTIONS = ("real_validation", "reference_data", "evaluation",
+CONFIG_SECTIONS = ("real_validation", "reference_data", "evaluation", "inference",
                    *preprocess_stage.CONFIG_SECTIONS)
 log = logging.getLogger("specbridge.validate_real")
 
@@ -60,8 +60,39 @@ def predict_set(cfg: dict[str, Any], s: dict[str, Any], model: str | Path, work:
         parts.append((d, v, e))
     cat = {k: np.concatenate([p[0][k] for p in parts])
            for k in ("specid", "flags", "snr", "labels", "label_errors")}
+    cand.support = meta.get("label_support")
     return (rows, cat, np.concatenate([p[1] for p in parts]),
             np.concatenate([p[2] for p in parts]), cand)
+
+
+def out_of_domain(cfg: dict[str, Any], specformer: str | Path | None, index: Path,
+                  value: np.ndarray, error: np.ndarray, support: dict[str, Any] | None
+                  ) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """(score (n,), flag bits (n,), threshold) of the preprocessed spectra of ``index``
+    predicted as ``value``/``error`` (n, n_labels): the checks of
+    :mod:`specbridge.inference.ood` with the SpecFormer checkpoint ``specformer`` (spectrum
+    space; skipped without one) and the training-label ``support`` (label space; one
+    candidate, so no disagreement check)."""
+    from specbridge import flags
+    from specbridge.inference.ood import ood_flags, score_threshold, spectrum_scores
+    from specbridge.io.shards import read_index, read_shard
+    from specbridge.models.checkpoint import load_model
+
+    ood = cfg["inference"]["ood"]
+    n = value.shape[0]
+    score, threshold = np.full(n, np.nan), None
+    if specformer:
+        sf, ck = load_model(specformer, kinds=("specformer",))
+        parts = []
+        for sh in read_index(index):
+            d = read_shard(sh["path"], ("flux", "ivar", "flags"))
+            usable = ~flags.is_fatal(d["flags"]) & ((d["ivar"] > 0).sum(1) > 0)
+            parts.append(spectrum_scores(sf, d["flux"], d["ivar"], usable))
+        score = np.concatenate(parts).astype(np.float64)
+        q = ck.meta.get("ood_score_quantiles")
+        threshold = score_threshold(q, ood["percentile"]) if q else None
+    bits = ood_flags(score, threshold, value, error, support, [], ood["z_max"])
+    return score, bits, threshold
 
 
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
@@ -87,7 +118,12 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     t = Table()
     t["FILE"] = [Path(f).name for f in rows["FILE"]]
     t["LABEL_ID"] = rows["LABEL_ID"]  # the reference star: repeat visits share it
-    t["SPECID"], t["SNR"], t["FLAGS"] = cat["specid"], cat["snr"], cat["flags"]
+    score, ood_bits, threshold = out_of_domain(cfg, inputs.get("specformer"),
+                                               work / "preprocessed" / "index.h5", value,
+                                               error, cand.support)
+    t["SPECID"], t["SNR"] = cat["specid"], cat["snr"]
+    t["FLAGS"] = cat["flags"].astype(np.int64) | ood_bits
+    t["OOD_SCORE"] = score
     summary = []
     for i, lab in enumerate(labs):
         ref = cat["labels"][:, cols[i]].astype(np.float64)
@@ -99,8 +135,11 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
         if m["n"]:
             log.info("%s %-8s n %3d: robust sigma %.4g, bias %.4g (reference: %s)", set_name,
                      lab, m["n"], m["robust_sigma"], m["bias"], s.get("reference", ""))
+    ood = ood_summary(t, labs, cand.support, threshold)
+    log.info("%s: out of domain %d of %d spectra (spectrum %d, labels %d)", set_name,
+             ood["n_flagged"], ood["n"], ood["n_spectrum"], ood["n_labels"])
     t.meta.update({"set": set_name, "reference": s.get("reference", ""),
-                   "model": str(inputs["model"]), "summary": summary})
+                   "model": str(inputs["model"]), "summary": summary, "ood": ood})
     with atomic_output(outputs["table"]) as tmp:
         t.write(tmp, format="ascii.ecsv")
     if outputs.get("figure"):
@@ -109,6 +148,31 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     log.info("wrote %s (%d spectra, %d with predictions)", outputs["table"], len(t),
              int(np.isfinite(value[:, 0]).sum()))
     return 0
+
+
+def ood_summary(t: Any, labels: list[str], support: dict[str, Any] | None,
+                threshold: float | None) -> dict[str, Any]:
+    """Counts of out-of-domain flags among the table's spectra with a prediction: ``n``,
+    ``n_spectrum``, ``n_labels``, ``n_flagged`` (either), the score ``threshold``, and for
+    stars whose reference Teff lies below the training labels' range (``teff_lo``, K)
+    ``n_below_teff`` and ``n_below_teff_flagged``. ``labels``: the order of ``support``."""
+    from specbridge import flags
+    from specbridge.labels import column
+
+    fl = np.asarray(t["FLAGS"], np.int64)
+    has = np.isfinite(np.asarray(t[f"{column(labels[0])}_PRED"], np.float64))
+    spec = (fl & flags.flag("OOD_SPECTRUM")) != 0
+    lab = (fl & flags.flag("OOD_LABELS")) != 0
+    out = {"n": int(has.sum()), "n_spectrum": int((spec & has).sum()),
+           "n_labels": int((lab & has).sum()), "n_flagged": int(((spec | lab) & has).sum()),
+           "threshold": threshold}
+    if support and "teff" in labels:
+        lo = float(support["lo"][labels.index("teff")])
+        with np.errstate(invalid="ignore"):
+            below = has & (np.asarray(t[f"{column('teff')}_REF"], np.float64) < lo)
+        out.update({"teff_lo": lo, "n_below_teff": int(below.sum()),
+                    "n_below_teff_flagged": int(((spec | lab) & below).sum())})
+    return out
 
 
 def one_to_one_figure(path: str | Path, t: Any, labs: list[str], set_name: str,

@@ -89,6 +89,11 @@ class LabelledShards:
         self._labels = np.concatenate(kept_labels).astype(np.float64) if kept_labels else \
             np.zeros((0, len(self.cols)))
 
+    @property
+    def labels(self) -> np.ndarray:
+        """(n, n_labels) float64 labels of the kept rows, physical units (NaN: missing)."""
+        return self._labels
+
     def label_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation (n_labels,) of the kept rows' labels (physical units)."""
         return np.nanmean(self._labels, axis=0), np.nanstd(self._labels, axis=0)

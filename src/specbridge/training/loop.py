@@ -34,12 +34,23 @@ class LoopSettings:
     patience: int = 10
     seed: int = 0
     schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    grad_clip: float = 0.0          # max global gradient norm; 0: no clipping
+    steps_per_epoch: int = 1        # optimizer steps per epoch (per-step schedules)
 
     @classmethod
-    def from_config(cls, training: dict[str, Any], seed: int) -> LoopSettings:
+    def from_config(cls, training: dict[str, Any], seed: int,
+                    steps_per_epoch: int = 1) -> LoopSettings:
+        """Settings from a ``training`` config section (see the schema)."""
         return cls(training["epochs"], training["lr"], training["weight_decay"],
                    training["optimizer"], training["patience"], seed,
-                   training.get("schedule", "constant"))
+                   training.get("schedule", "constant"), training.get("warmup_epochs", 0.0),
+                   training.get("grad_clip", 0.0), max(1, int(steps_per_epoch)))
+
+    @property
+    def per_step(self) -> bool:
+        """Whether the schedule advances every optimizer step (else every epoch)."""
+        return self.schedule == "warmup_cosine"
 
 
 @dataclass
@@ -62,7 +73,22 @@ def make_optimizer(params, s: LoopSettings) -> torch.optim.Optimizer:
 
 
 def make_scheduler(opt, s: LoopSettings):
-    """Per-epoch learning-rate schedule: cosine annealing over ``s.epochs`` or constant."""
+    """Learning-rate schedule: ``warmup_cosine`` (per step: linear warm-up over
+    ``s.warmup_epochs``, then cosine decay to 1 % of ``s.lr`` at the last step), ``cosine``
+    (per epoch, annealing over ``s.epochs``) or constant."""
+    if s.schedule == "warmup_cosine":
+        import math
+
+        total = max(1, s.epochs * s.steps_per_epoch)
+        warm = min(total - 1, int(round(s.warmup_epochs * s.steps_per_epoch)))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
     if s.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, s.epochs))
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
@@ -155,7 +181,8 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
         else:
             from specbridge.models.norm import convert_global_batchnorm
             raw = convert_global_batchnorm(raw)
-    opt = make_optimizer([p for p in raw.parameters() if p.requires_grad], settings)
+    params = [p for p in raw.parameters() if p.requires_grad]
+    opt = make_optimizer(params, settings)
     sched = make_scheduler(opt, settings)
     state = LoopState()
     last = workdir / "last.pt"
@@ -192,13 +219,18 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
             loss = s * world / count.clamp(min=1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if settings.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, settings.grad_clip)
             opt.step()
+            if settings.per_step:
+                sched.step()
             tot += float(loss.detach()) / world
             nsamp += batch_size_of(batch)
             nbatch += 1
             steps += 1
             kill_point("train", env.rank, steps)
-        sched.step()
+        if not settings.per_step:
+            sched.step()
         dt = time.monotonic() - t0
         net.eval()
         with torch.no_grad():

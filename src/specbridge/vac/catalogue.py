@@ -45,7 +45,10 @@ def params_columns(labels: Sequence[str]) -> list[tuple[str, str, str, str]]:
              ("FLAGS", "i8", "", "bitmask, docs/datamodel/flags.md (0: no problem)"),
              ("FLAG_NAMES", "S96", "", "names of the bits set in FLAGS"),
              ("FLAG_REASON", "S128", "", "why a fatal flag was set while reading"),
-             ("SNR", "f4", "", "median per-pixel S/N over 4000-5600 A")]
+             ("SNR", "f4", "", "median per-pixel S/N over 4000-5600 A"),
+             ("OOD_SCORE", "f4", "", "SpecFormer masked-reconstruction excess error "
+                                     "(standardised flux units; OOD_SPECTRUM above the "
+                                     "threshold in the header; NaN: none)")]
     return cols
 
 
@@ -124,6 +127,8 @@ def build_catalogue(predictions: str | Path, manifest: str | Path) -> dict[str, 
     for s in read_index(predictions):
         d = read_shard(s["path"], ("manifest_row", "specid", "flags", "snr", "value", "error",
                                    "regime", "served", "candidate_value", "candidate_error"))
+        with h5py.File(s["path"], "r") as h:  # shards written before OOD scores have none
+            d["ood_score"] = h["ood_score"][()] if "ood_score" in h else np.nan
         r = d["manifest_row"]
         if r.size and (r.min() < 0 or r.max() >= n):
             raise ValueError(f"{s['path']}: manifest rows outside {manifest}")
@@ -132,6 +137,7 @@ def build_catalogue(predictions: str | Path, manifest: str | Path) -> dict[str, 
         seen[r] = True
         params["FLAGS"][r] = d["flags"]
         params["SNR"][r] = d["snr"]
+        params["OOD_SCORE"][r] = d["ood_score"]
         params["REGIME"][r] = d["regime"]
         for i, lab in enumerate(labels):
             col = lb.column(lab)
@@ -184,6 +190,13 @@ def provenance(cat: dict[str, Any], vac_name: str, config_hash: str
              ("RPASSES", int(routing.get("router_passes", 1)), "routing passes"),
              ("ERRCAL", bool(routing.get("calibration")),
               "candidate errors recalibrated on validation")]
+    ood = routing.get("ood") or {}
+    if ood.get("threshold") is not None:
+        cards += [("OODTHR", float(ood["threshold"]), "OOD_SCORE above it: OOD_SPECTRUM"),
+                  ("OODPCT", float(ood["percentile"]),
+                   "[%] OODTHR: this percentile of training spectra")]
+    if ood:
+        cards += [("OODZMAX", float(ood["z_max"]), "OOD_LABELS: candidates disagree beyond")]
     for k, dep in enumerate(DEPENDENCIES):
         try:
             ver = metadata.version(dep)

@@ -1,0 +1,97 @@
+"""Out-of-domain flags: a model applied outside its training domain answers confidently and
+wrongly, so every catalogued spectrum is checked twice.
+
+* Spectrum space (``OOD_SPECTRUM``): the SpecFormer's masked-reconstruction score
+  (:meth:`specbridge.models.specformer.SpecFormer.spectrum_scores`, the excess squared error of
+  reconstructing each pixel unseen, in standardised flux units) above a threshold: the
+  ``percentile`` of the same score over the SpecFormer's training spectra (stored with its
+  checkpoint as quantiles).
+* Label space (``OOD_LABELS``): a served label outside the support of the training labels (the
+  range of the LAMOST labels the candidates were pretrained on), or the fine-tuned candidates
+  disagreeing with the served value beyond ``z_max`` times their combined errors (most of them,
+  on some label).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from specbridge import flags
+
+BATCH = 256
+
+
+def spectrum_scores(model: Any, flux: np.ndarray, ivar: np.ndarray, usable: np.ndarray,
+                    batch: int = BATCH) -> np.ndarray:
+    """(n,) float32 out-of-domain scores of the ``usable`` rows of ``flux``/``ivar`` (n, npix)
+    from a SpecFormer in eval mode; NaN elsewhere."""
+    import torch
+
+    out = np.full(flux.shape[0], np.nan, np.float32)
+    idx = np.flatnonzero(usable)
+    with torch.no_grad():
+        for a in range(0, idx.size, batch):
+            j = idx[a:a + batch]
+            out[j] = model.spectrum_scores(torch.from_numpy(np.ascontiguousarray(flux[j])),
+                                           torch.from_numpy(np.ascontiguousarray(ivar[j]))
+                                           ).numpy()
+    return out
+
+
+def score_threshold(quantiles: Sequence[float], percentile: float) -> float:
+    """The ``percentile`` (0-100) of the training spectra's score, interpolated in the
+    evenly spaced ``quantiles`` (0 % to 100 %) stored with the SpecFormer checkpoint."""
+    q = np.asarray(quantiles, np.float64)
+    return float(np.interp(percentile / 100.0, np.linspace(0.0, 1.0, q.size), q))
+
+
+def label_support(labels: np.ndarray) -> dict[str, list[float]]:
+    """{'lo', 'hi'}: per label (n_labels,) the smallest and largest finite training label
+    (physical units) of ``labels`` (n, n_labels)."""
+    return {"lo": np.nanmin(labels, axis=0).tolist(), "hi": np.nanmax(labels, axis=0).tolist()}
+
+
+def outside_support(value: np.ndarray, support: Mapping[str, Sequence[float]] | None
+                    ) -> np.ndarray:
+    """(n,) bool: some finite label of ``value`` (n, n_labels) outside [lo, hi]."""
+    if not support:
+        return np.zeros(value.shape[0], bool)
+    lo, hi = np.asarray(support["lo"]), np.asarray(support["hi"])
+    with np.errstate(invalid="ignore"):
+        return ((value < lo) | (value > hi)).any(axis=1)
+
+
+def disagreeing(value: np.ndarray, error: np.ndarray,
+                others: Sequence[tuple[np.ndarray, np.ndarray]], z_max: float) -> np.ndarray:
+    """(n,) bool: on some label, more than half of the ``others`` (value, error) pairs, each
+    (n, n_labels), that have a value differ from the served ``value`` by more than ``z_max``
+    times the combined error sqrt(error^2 + error_other^2)."""
+    if not others:
+        return np.zeros(value.shape[0], bool)
+    votes = np.zeros(value.shape, int)
+    have = np.zeros(value.shape, int)
+    with np.errstate(invalid="ignore"):
+        for v, e in others:
+            ok = np.isfinite(v) & np.isfinite(value)
+            z = np.abs(v - value) / np.sqrt(error ** 2 + e ** 2)
+            votes += ok & (z > z_max)
+            have += ok
+    return ((have > 0) & (2 * votes > have)).any(axis=1)
+
+
+def ood_flags(score: np.ndarray | None, threshold: float | None, value: np.ndarray,
+              error: np.ndarray, support: Mapping[str, Sequence[float]] | None,
+              others: Sequence[tuple[np.ndarray, np.ndarray]], z_max: float) -> np.ndarray:
+    """(n,) int64 flag bits: ``OOD_SPECTRUM`` where ``score`` (n,) exceeds ``threshold``
+    (skipped when either is None), ``OOD_LABELS`` where the served (value, error) (n, n_labels)
+    is outside ``support`` or disagrees with the ``others`` (see :func:`disagreeing`)."""
+    out = np.zeros(value.shape[0], np.int64)
+    if score is not None and threshold is not None:
+        with np.errstate(invalid="ignore"):
+            out[np.asarray(score) > threshold] |= flags.flag("OOD_SPECTRUM")
+    lab = outside_support(value, support) | disagreeing(value, error, others, z_max)
+    out[lab] |= flags.flag("OOD_LABELS")
+    return out

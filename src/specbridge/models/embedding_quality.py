@@ -1,0 +1,98 @@
+"""How good a pretrained SpecFormer's embeddings are, measured once after pretraining and stored
+with its checkpoint: linear probes (ridge regression on frozen, standardised embeddings, and the
+same on the pixels for reference) per label on held-out labelled spectra, the embedding
+statistics used to standardise downstream, and the distribution of the out-of-domain score on
+the training spectra (from which inference sets its threshold)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from specbridge.evaluation.metrics import robust_sigma
+
+if TYPE_CHECKING:
+    import torch
+
+    from specbridge.models.specformer import SpecFormer
+    from specbridge.training.data import LabelledShards
+
+# quantiles of the training spectra's out-of-domain score stored with the checkpoint
+OOD_QUANTILES = np.linspace(0.0, 1.0, 1001)
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float = 1.0
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge regression of y (n,) on standardised x (n, d): (weights (d,), intercept (),
+    feature mean (d,), feature std (d,)); ``alpha`` is the penalty per sample, so it does not
+    depend on n."""
+    mu = x.mean(0)
+    sd = np.where(x.std(0) > 0, x.std(0), 1.0)
+    z = (x - mu) / sd
+    y0 = y.mean()
+    a = z.T @ z + alpha * len(z) * np.eye(z.shape[1])
+    w = np.linalg.solve(a, z.T @ (y - y0))
+    return w, np.asarray(y0), mu, sd
+
+
+def ridge_predict(model: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                  x: np.ndarray) -> np.ndarray:
+    """(n,) predictions of a :func:`ridge_fit` model for features x (n, d)."""
+    w, y0, mu, sd = model
+    return ((x - mu) / sd) @ w + y0
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
+                 val_y: np.ndarray, alpha: float = 1e-3) -> float:
+    """Validation robust sigma (label units) of a ridge probe of one label fitted on the
+    training rows; rows with a non-finite label are left out. NaN without rows."""
+    tr, va = np.isfinite(train_y), np.isfinite(val_y)
+    if tr.sum() < 2 or va.sum() < 2:
+        return float("nan")
+    model = ridge_fit(train_x[tr].astype(np.float64), train_y[tr], alpha)
+    return float(robust_sigma(ridge_predict(model, val_x[va].astype(np.float64)) - val_y[va]))
+
+
+def _pass(net: SpecFormer, data: LabelledShards, seed: int, device: torch.device
+          ) -> dict[str, np.ndarray]:
+    """Embeddings (n, d_model), out-of-domain scores (n,), labels (n, n_labels; standardised
+    as stored, NaN: missing) and pixel inputs (n, npix) of every row of ``data``."""
+    import torch
+
+    out: dict[str, list[np.ndarray]] = {"emb": [], "score": [], "y": [], "x": []}
+    with torch.no_grad():
+        for b in data.batches(0, 256, seed, shuffle=False, drop_last=False):
+            flux = torch.from_numpy(b.flux).to(device)
+            ivar = torch.from_numpy(b.ivar).to(device)
+            out["emb"].append(net.embed(flux, ivar).float().cpu().numpy())
+            out["score"].append(net.spectrum_scores(flux, ivar).float().cpu().numpy())
+            out["y"].append(b.y)
+            out["x"].append(b.x)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def measure(net: SpecFormer, train_set: LabelledShards, val_set: LabelledShards,
+            labels: Sequence[str], seed: int, device: torch.device) -> dict[str, Any]:
+    """Embedding quality of a trained SpecFormer (eval mode) on its training and validation
+    spectra: ``embed_mean``, ``embed_std`` (d_model,) of the training embeddings (a zero std
+    replaced by 1); ``probe``: per label the validation robust sigma (label units, as the
+    sets' labels are) of ridge probes on the embeddings and on the pixels, the validation
+    labels' spread and the numbers of labelled rows; ``ood_scores``: quantiles
+    (:data:`OOD_QUANTILES`) of the out-of-domain score of the training spectra."""
+    tr, va = _pass(net, train_set, seed, device), _pass(net, val_set, seed, device)
+    mean = tr["emb"].mean(0)
+    std = np.where(tr["emb"].std(0) > 0, tr["emb"].std(0), 1.0)
+    probe = {}
+    for i, lab in enumerate(labels):
+        yv = va["y"][:, i]
+        probe[lab] = {
+            "embedding": linear_probe((tr["emb"] - mean) / std, tr["y"][:, i],
+                                      (va["emb"] - mean) / std, yv),
+            "pixels": linear_probe(tr["x"], tr["y"][:, i], va["x"], yv),
+            "spread": float(np.nanstd(yv)),
+            "n_train": int(np.isfinite(tr["y"][:, i]).sum()),
+            "n_val": int(np.isfinite(yv).sum())}
+    return {"embed_mean": mean.astype(np.float32), "embed_std": std.astype(np.float32),
+            "probe": probe, "ood_scores": np.quantile(tr["score"], OOD_QUANTILES)}

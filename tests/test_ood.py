@@ -1,0 +1,69 @@
+"""Out-of-domain flags and the embedding-quality probes: known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from specbridge import flags
+from specbridge.inference.ood import (
+    disagreeing,
+    label_support,
+    ood_flags,
+    outside_support,
+    score_threshold,
+)
+from specbridge.models.embedding_quality import linear_probe, ridge_fit, ridge_predict
+
+
+def test_score_threshold_interpolates_the_stored_quantiles():
+    scores = np.random.default_rng(0).normal(size=100_000)
+    q = np.quantile(scores, np.linspace(0, 1, 1001))
+    assert abs(score_threshold(q, 99.0) - 2.326) < 0.03
+    assert abs(score_threshold(q, 50.0)) < 0.02
+    assert score_threshold(q, 100.0) == q[-1]
+
+
+def test_label_support_and_outside():
+    train = np.array([[4000.0, 1.0], [6000.0, 4.5], [5000.0, np.nan]])
+    sup = label_support(train)
+    assert sup == {"lo": [4000.0, 1.0], "hi": [6000.0, 4.5]}
+    pred = np.array([[5000, 2.0], [3500, 2.0], [5000, 4.6], [np.nan, 3.0]])
+    assert outside_support(pred, sup).tolist() == [False, True, True, False]
+    assert not outside_support(pred, None).any()
+
+
+def test_disagreement_needs_most_candidates_beyond_their_combined_errors():
+    value = np.array([[0.0], [0.0], [0.0]])
+    error = np.full((3, 1), 0.1)
+    # z against the served value: row 0 all agree, row 1 two of three disagree, row 2 one
+    others = [(np.array([[0.1], [1.0], [1.0]]), np.full((3, 1), 0.1)),
+              (np.array([[0.0], [1.0], [0.0]]), np.full((3, 1), 0.1)),
+              (np.array([[0.2], [0.0], [0.0]]), np.full((3, 1), 0.1))]
+    assert disagreeing(value, error, others, 5.0).tolist() == [False, True, False]
+    assert not disagreeing(value, error, [], 5.0).any()
+
+
+def test_ood_flags_set_the_documented_bits():
+    value = np.array([[5000.0], [3000.0], [5000.0]])
+    error = np.full((3, 1), 50.0)
+    score = np.array([0.01, 0.01, 0.5])
+    bits = ood_flags(score, 0.1, value, error, {"lo": [3800.0], "hi": [7000.0]}, [], 5.0)
+    assert [flags.names(int(b)) for b in bits] == [[], ["OOD_LABELS"], ["OOD_SPECTRUM"]]
+    assert not any(flags.BY_NAME[n].fatal for n in ("OOD_LABELS", "OOD_SPECTRUM"))
+    # no threshold (no SpecFormer): no spectrum-space flag
+    assert not (ood_flags(score, None, value, error, None, [], 5.0)
+                & flags.flag("OOD_SPECTRUM")).any()
+
+
+def test_ridge_probe_recovers_a_linear_label():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2000, 10)) * rng.uniform(0.1, 10, 10)
+    w = rng.normal(size=10)
+    y = x @ w + 3.0 + rng.normal(0, 0.05, 2000)
+    model = ridge_fit(x[:1500], y[:1500], alpha=1e-6)
+    np.testing.assert_allclose(ridge_predict(model, x[1500:]), y[1500:], atol=0.3)
+    sig = linear_probe(x[:1500], y[:1500], x[1500:], y[1500:], alpha=1e-6)
+    assert 0.03 < sig < 0.08  # the noise level
+    # a label unrelated to the features: the probe's scatter is the label's own
+    z = rng.normal(0, 2.0, 2000)
+    assert 1.6 < linear_probe(x[:1500], z[:1500], x[1500:], z[1500:]) < 2.4
