@@ -2,7 +2,10 @@
 and 2 ranks (mpiexec), on the preprocessed LAMOST set of a finished run (default: results/).
 
     python benchmarks/training_throughput.py [--results results] [--epochs 2]
-        [--specformer-size demo|production]
+        [--specformer-size demo|benchmark|paper] [--models mlp specformer]
+
+SpecFormer sizes: ``demo`` is the run's own (the embedded default), ``benchmark`` and
+``paper`` the overlays in config/sizes/.
 
 Each run trains ``--epochs`` epochs with the one training loop and reports the mean of the
 per-epoch samples/s per rank after the first epoch (the loop logs it every epoch).
@@ -20,8 +23,16 @@ from pathlib import Path
 
 import yaml
 
-SIZES = {"demo": {"d_model": 64, "n_layers": 2, "n_heads": 4},
-         "production": {"d_model": 768, "n_layers": 6, "n_heads": 6}}
+SIZES = ("demo", "benchmark", "paper")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def specformer_size(size: str) -> dict:
+    """models.specformer of the size's overlay (empty for the run's own size)."""
+    if size == "demo":
+        return {}
+    overlay = yaml.safe_load((ROOT / "config" / "sizes" / f"{size}.yaml").read_text())
+    return overlay["models"]["specformer"]
 
 
 def run(model: str, ranks: int, results: Path, cfg: Path, epochs: int, work: Path) -> float:
@@ -44,21 +55,26 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default="results", type=Path)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--specformer-size", choices=sorted(SIZES), default="demo")
+    ap.add_argument("--specformer-size", choices=SIZES, default="demo")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--models", nargs="+", default=["mlp", "specformer"],
+                    choices=["mlp", "specformer"])
     args = ap.parse_args(argv)
     cfg = yaml.safe_load((args.results / "config" / "resolved.yaml").read_text())
-    cfg["models"]["specformer"].update(SIZES[args.specformer_size])
+    size = specformer_size(args.specformer_size)
+    cfg["models"]["specformer"].update(size)
     cfg["training"]["batch_size"] = args.batch
     cfg["training"]["patience"] = 100
+    cfg["training"]["specformer"] = {**cfg["training"].get("specformer", {}),
+                                     "batch_size": args.batch, "patience": 100}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "c.yaml").write_text(yaml.safe_dump(cfg))
         print(f"global batch {args.batch}; SpecFormer {args.specformer_size} "
-              f"{SIZES[args.specformer_size]}; samples/s per rank")
+              f"{size or cfg['models']['specformer']}; samples/s per rank")
         print("| model | 1 rank (all threads) | 2 ranks, per rank | 2 ranks, total |")
         print("|---|---|---|---|")
-        for model in ("mlp", "specformer"):
+        for model in args.models:
             one = run(model, 1, args.results, work / "c.yaml", args.epochs, work / "a")
             two = run(model, 2, args.results, work / "c.yaml", args.epochs, work / "b")
             print(f"| {model} | {one:,.0f} | {two:,.0f} | {2 * two:,.0f} |", flush=True)

@@ -3,6 +3,7 @@ the same result; the MLP learns the mock's labels."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -124,6 +125,36 @@ def test_specformer_learns_masked_reconstruction(lamost_index, tmp_path, tool_en
     assert ck["val_loss"] < 0.7 * ck["val_patch_mean_loss"], (ck["val_loss"],
                                                               ck["val_patch_mean_loss"])
     assert ck["history"][-1]["val_loss"] < ck["history"][0]["val_loss"]
+    # embedding quality stored with the checkpoint: probes that learn something, and the
+    # out-of-domain score's distribution on the training spectra
+    for lab in ("teff", "logg", "feh"):
+        q = ck["probe"][lab]
+        assert q["n_train"] > 100 and q["n_val"] > 10
+        assert q["embedding"] < 0.9 * q["spread"], (lab, q)
+    qs = np.asarray(ck["ood_score_quantiles"])
+    assert qs.size == 1001 and np.all(np.diff(qs) >= 0) and np.isfinite(qs).all()
+    # the schedule: warm-up then cosine decay, per optimizer step
+    lrs = [h["lr"] for h in ck["history"]]
+    assert lrs[-1] < 0.1 * max(lrs)
+
+
+def test_warmup_cosine_schedule_known_values():
+    from specbridge.training.loop import LoopSettings, make_scheduler
+
+    s = LoopSettings(epochs=10, lr=1.0, weight_decay=0.0, schedule="warmup_cosine",
+                     warmup_epochs=1.0, steps_per_epoch=10)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, s)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.01 + 0.99 * 0.5, abs=1e-9)  # half-way through the decay
+    assert lrs[-1] == pytest.approx(0.01, abs=2e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
 
 
 @pytest.mark.mpi
@@ -152,6 +183,12 @@ def test_embeddings_and_embedding_mlp(lamost_index, tmp_path, tool_env, mpiexec)
     assert [s["n"] for s in embs] == [s["n"] for s in spectra]  # every row, in order
     e = np.concatenate([read_shard(s["path"], ("embedding",))["embedding"] for s in embs])
     assert np.isfinite(e).all() and abs(e.mean()) < 0.3 and 0.5 < e.std() < 1.5
+    scores = np.concatenate([read_shard(s["path"], ("ood_score",))["ood_score"] for s in embs])
+    assert np.isfinite(scores).all()
+    qs = json.loads(index_attrs(emb)["ood_score_quantiles"])
+    # the training spectra's own scores: about 1 % above the 99th percentile
+    thr = np.interp(0.99, np.linspace(0, 1, len(qs)), qs)
+    assert (scores > thr).mean() < 0.05
     run("specbridge", "pretrain", "--model", "emb_mlp", "--spectra", str(lamost_index),
         "--embeddings", str(emb), "--output", str(tmp_path / "emb_mlp.pt"))
     ck = load_checkpoint(tmp_path / "emb_mlp.pt", ("emb_mlp",)).meta
