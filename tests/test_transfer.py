@@ -184,9 +184,11 @@ def test_lora_on_the_specformer_trains_only_lora_and_the_head():
     base = SpecFormerRegressor(sf, head, torch.zeros(16), torch.ones(16)).eval()
     before = {k: v.clone() for k, v in base.state_dict().items()}
     m = build_transfer_model(base, "lora", lora={**LORA, "rank": 2})
-    # LoRA on linear1 (16 -> 64) and linear2 (64 -> 16) of 2 layers; the head in full
+    # LoRA on attention, qkv (16 -> 48) and proj (16 -> 16), and the feed-forward, fc1
+    # (16 -> 64) and fc2 (64 -> 16), of 2 layers; the head in full
     head_params = sum(p.numel() for p in head.parameters())
-    assert trainable_parameters(m) == 2 * 2 * ((16 + 64) + (64 + 16)) + head_params
+    per_layer = (16 + 48) + (16 + 16) + (16 + 64) + (64 + 16)
+    assert trainable_parameters(m) == 2 * 2 * per_layer + head_params
     x = torch.stack([1 + 0.1 * torch.randn(16, 200), torch.full((16, 200), 100.0)], 1)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
     m.train()
@@ -205,8 +207,8 @@ def test_lora_on_the_specformer_trains_only_lora_and_the_head():
     after = net.state_dict()
     for k, v in before.items():
         moved = not torch.equal(after[k], v)
-        targeted = k.startswith("specformer.encoder.") and (".linear1.weight" in k
-                                                            or ".linear2.weight" in k)
+        targeted = k.startswith("specformer.blocks.") and k.rsplit(".", 2)[-2:] in (
+            ["qkv", "weight"], ["proj", "weight"], ["fc1", "weight"], ["fc2", "weight"])
         buffer = "running_" in k or "num_batches" in k
         if k.startswith("head.") and not buffer:  # the head trains in full
             assert moved, k
