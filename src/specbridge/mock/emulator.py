@@ -117,3 +117,27 @@ def holdout_residuals(lib: MilesLibrary, seed: int = 1, frac: float = 0.1,
             "ids": lib.ids[test], "rms": np.sqrt(np.mean((y - pred) ** 2, axis=1)),
             "rms_grid": np.sqrt(np.mean((y - pred)[:, grid] ** 2, axis=1)),
             "n_train": np.array(train.sum())}
+
+
+def crossval_residuals(lib: MilesLibrary, n_folds: int = 10, seed: int = 1,
+                       ) -> dict[str, np.ndarray]:
+    """Cross-validated emulator residuals of every usable MILES star (complete labels, in the
+    domain): the stars are split into ``n_folds`` folds and each fold is predicted by an
+    emulator fitted to the others.
+
+    Returns ``wave`` (npix,) vacuum Angstrom, ``resid`` (n, npix) log normalised flux minus
+    its prediction, and the stars' ``teff`` (K), ``logg``, ``feh`` (dex) and MILES ``ids``,
+    each (n,)."""
+    ok = lib.complete & in_domain(lib.teff, lib.logg, lib.feh)
+    idx = np.random.default_rng(seed).permutation(np.flatnonzero(ok))
+    resid = np.empty((idx.size, lib.wave_vac.size))
+    for fold in np.array_split(np.arange(idx.size), n_folds):
+        train = np.zeros(lib.teff.size, bool)
+        train[idx] = True
+        train[idx[fold]] = False
+        emu = MilesEmulator.fit(lib, train)
+        s = idx[fold]
+        resid[fold] = (log_normalised(lib.wave_vac, lib.flux[s])
+                       - emu.log_flux(lib.teff[s], lib.logg[s], lib.feh[s]))
+    return {"wave": lib.wave_vac.copy(), "resid": resid, "teff": lib.teff[idx],
+            "logg": lib.logg[idx], "feh": lib.feh[idx], "ids": lib.ids[idx]}
