@@ -263,30 +263,48 @@ def _rdata_from_rows(rows: np.ndarray) -> np.ndarray:
     return rdata
 
 
+def _diagonals(ndiag: int, npix: int):
+    """For each row offset o = j - ndiag // 2: (j, k = the rdata diagonal, the slice of rows
+    i with i + o on the grid, the slice of columns i + o)."""
+    half = ndiag // 2
+    for j in range(ndiag):
+        off = j - half
+        rows = slice(0, npix - off) if off >= 0 else slice(-off, npix)
+        cols = slice(off, npix) if off >= 0 else slice(0, npix + off)
+        yield j, half - off, off, rows, cols
+
+
 def resolution_sigma_pix(rdata: np.ndarray) -> np.ndarray:
     """(n, npix) Gaussian-equivalent sigma (pixels) of each row of DESI resolution data
-    (n, ndiag, npix): the square root of the row kernel's second central moment."""
-    rows = np.clip(_rows_from_rdata(rdata), 0.0, None)
-    offs = np.arange(rdata.shape[1], dtype=np.float64) - rdata.shape[1] // 2
-    norm = np.maximum(rows.sum(axis=1), 1e-30)
-    m1 = (rows * offs[None, :, None]).sum(axis=1) / norm
-    m2 = (rows * offs[None, :, None] ** 2).sum(axis=1) / norm
-    return np.sqrt(np.clip(m2 - m1 ** 2, 0.0, None))
+    (n, ndiag, npix): the square root of the row kernel's second central moment (negative
+    elements count as 0)."""
+    n, ndiag, npix = rdata.shape
+    norm = np.zeros((n, npix))
+    m1 = np.zeros((n, npix))
+    m2 = np.zeros((n, npix))
+    for _, k, off, rows, cols in _diagonals(ndiag, npix):
+        v = np.clip(rdata[:, k, cols], 0.0, None)
+        norm[:, rows] += v
+        m1[:, rows] += off * v
+        m2[:, rows] += off * off * v
+    norm = np.maximum(norm, 1e-30)
+    return np.sqrt(np.clip(m2 / norm - (m1 / norm) ** 2, 0.0, None))
 
 
 def gaussian_resolution(sigma_pix: np.ndarray, ndiag: int = 11) -> np.ndarray:
-    """DESI resolution data (n, ndiag, npix), desispec convention, whose row i is a Gaussian
-    of sigma ``sigma_pix[:, i]`` (pixels; (n, npix)) sampled at integer offsets, truncated to
-    the band and normalised to 1 over the pixels on the grid."""
+    """DESI resolution data (n, ndiag, npix) float32, desispec convention, whose row i is a
+    Gaussian of sigma ``sigma_pix[:, i]`` (pixels; (n, npix)) sampled at integer offsets,
+    truncated to the band and normalised to 1 over the pixels on the grid."""
     sig = np.maximum(np.asarray(sigma_pix, dtype=np.float64), 1e-3)
     n, npix = sig.shape
-    half = ndiag // 2
-    offs = np.arange(ndiag, dtype=np.float64) - half
-    rows = np.exp(-0.5 * (offs[None, :, None] / sig[:, None, :]) ** 2)
-    col = np.arange(npix)[None, :] + offs[:, None]
-    rows *= ((col >= 0) & (col < npix))[None]
-    rows /= rows.sum(axis=1, keepdims=True)
-    return _rdata_from_rows(rows)
+    a = -0.5 / sig ** 2
+    norm = np.zeros((n, npix))
+    for _, _, off, rows, _ in _diagonals(ndiag, npix):
+        norm[:, rows] += np.exp(a[:, rows] * off * off)
+    rdata = np.zeros((n, ndiag, npix), dtype=np.float32)
+    for _, k, off, rows, cols in _diagonals(ndiag, npix):
+        rdata[:, k, cols] = np.exp(a[:, rows] * off * off) / norm[:, rows]
+    return rdata
 
 
 def convolve_resolution(rdata: np.ndarray, sigma_pix: float | np.ndarray) -> np.ndarray:

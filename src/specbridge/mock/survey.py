@@ -51,12 +51,50 @@ ASTROMETRIC_SCATTER_ARCSEC = 0.1
 
 
 @dataclass
+class DesiLsf:
+    """The line-spread function the DESI mock gives a spectrum for each real resolution row of
+    an arm's pool (m rows): ``extra`` (m, npix) sigma (pixels) of the Gaussian applied to the
+    MILES-resolution spectrum instead of the real matrix (None: the real matrix is applied),
+    ``written`` (m, 11, npix) float32 the resolution data of the resulting line-spread
+    function, written to the file."""
+
+    extra: np.ndarray | None
+    written: np.ndarray
+
+
+def desi_lsf(mode: str, rdata: np.ndarray, wave: np.ndarray, fwhm_in: float) -> DesiLsf:
+    """The DESI mock's line-spread function for real DESI resolution rows ``rdata``
+    (m, 11, npix) on an arm's grid ``wave`` (npix,) Angstrom, for spectra already at
+    ``fwhm_in`` (MILES: 2.5 A FWHM).
+
+    ``mode`` = ``miles_floor``: a Gaussian of sqrt(max(sigma_DESI^2 - sigma_MILES^2, 0)) is
+    applied, so the spectra reach DESI's width where DESI is broader than MILES and stay at
+    MILES' where it is sharper (everywhere for the real matrices: DESI's FWHM is 1.5-1.9 A);
+    written: a Gaussian of the resulting width. ``convolved``: the real matrix applied;
+    written: the real matrix convolved with MILES' Gaussian. ``legacy``: the real matrix
+    applied and written alone (it understates the width: the behaviour before issue #14).
+    """
+    rdata = np.asarray(rdata, dtype=np.float64)
+    if mode == "legacy":
+        return DesiLsf(None, rdata.astype(np.float32))
+    sigma_in = fwhm_in / physics.FWHM_PER_SIGMA / np.gradient(wave)  # pixels
+    if mode == "convolved":
+        return DesiLsf(None, physics.convolve_resolution(rdata, sigma_in).astype(np.float32))
+    if mode != "miles_floor":
+        raise ValueError(f"data.mock.desi_lsf: {mode!r} is not one of {DESI_LSF_MODES}")
+    sigma_desi = physics.resolution_sigma_pix(rdata)
+    extra = np.sqrt(np.clip(sigma_desi ** 2 - sigma_in[None, :] ** 2, 0.0, None))
+    total = np.sqrt(sigma_in[None, :] ** 2 + extra ** 2)
+    return DesiLsf(extra, physics.gaussian_resolution(total, rdata.shape[1]))
+
+
+@dataclass
 class MockContext:
     """Everything the generators share: the emulator, the LAMOST broadening at the nominal
     R = 1800, the real DESI grids (arm -> (npix,)), a pool of real DESI resolution rows
     (arm -> (m, 11, npix)), the sky per fibre on each DESI arm (arm -> (npix,)), the
-    star-to-star residual model (None: off) and how the DESI line-spread function is made
-    (one of DESI_LSF_MODES)."""
+    star-to-star residual model (None: off), how the DESI line-spread function is made (one
+    of DESI_LSF_MODES) and what that gives for each pool row (arm -> :class:`DesiLsf`)."""
 
     emulator: MilesEmulator
     lamost_wave: np.ndarray
@@ -68,6 +106,7 @@ class MockContext:
     miles_logg: np.ndarray
     residuals: StarResiduals | None = None
     desi_lsf: str = "miles_floor"
+    desi_lsfs: dict[str, DesiLsf] | None = None
 
 
 def build_context(cfg: dict[str, Any]) -> MockContext:
@@ -114,11 +153,10 @@ def build_context(cfg: dict[str, Any]) -> MockContext:
     sky = np.loadtxt(sky_dir / "spec-sky.dat")
     skies = {arm: pixel_average(sky[:, 0], sky[:, 1], w) * FIBER_AREA_ARCSEC2
              for arm, w in waves.items()}
-    lsf = mock.get("desi_lsf", "miles_floor")
-    if lsf not in DESI_LSF_MODES:
-        raise ValueError(f"data.mock.desi_lsf: {lsf!r} is not one of {DESI_LSF_MODES}")
+    mode = mock.get("desi_lsf", "miles_floor")
+    lsfs = {arm: desi_lsf(mode, pools[arm], waves[arm], emu.fwhm) for arm in desi_io.ARMS}
     return MockContext(emu, lam_wave, physics.broadening_matrix(emu.wave, emu.fwhm, LAMOST_R),
-                       waves, pools, skies, lib.teff, lib.logg, residuals, lsf)
+                       waves, pools, skies, lib.teff, lib.logg, residuals, mode, lsfs)
 
 
 def pixel_average(x: np.ndarray, y: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -352,39 +390,12 @@ def write_lamost_batch(ctx: MockContext, stars: dict[str, np.ndarray], outdir: P
 
 # ---- DESI -------------------------------------------------------------------------------------
 
-def desi_lsf(ctx: MockContext, flux: np.ndarray, rdata: np.ndarray, wave: np.ndarray,
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Give spectra (n, npix) on a DESI arm's grid ``wave`` (npix,) A, already at MILES'
-    FWHM 2.5 A, a line-spread function for the real DESI resolution rows ``rdata``
-    (n, 11, npix); returns (flux (n, npix), the resolution data (n, 11, npix) of the
-    line-spread function the spectra now have, to be written to the file).
-
-    ``ctx.desi_lsf`` = ``miles_floor``: a Gaussian of sqrt(max(sigma_DESI^2 - sigma_MILES^2,
-    0)) is applied, so the spectra reach DESI's width where DESI is broader than MILES and stay
-    at MILES' where it is sharper (everywhere for the real matrices: DESI's FWHM is 1.5-1.9 A);
-    written: a Gaussian of the resulting width. ``convolved``: the real matrix applied;
-    written: the real matrix convolved with MILES' Gaussian. ``legacy``: the real matrix
-    applied and written alone (it understates the width: the behaviour before issue #14).
-    """
-    if ctx.desi_lsf == "legacy":
-        return physics.apply_resolution(rdata, flux), rdata
-    sigma_miles = ctx.emulator.fwhm / physics.FWHM_PER_SIGMA / np.gradient(wave)  # pixels
-    if ctx.desi_lsf == "convolved":
-        return (physics.apply_resolution(rdata, flux),
-                physics.convolve_resolution(rdata, sigma_miles))
-    sigma_desi = physics.resolution_sigma_pix(rdata)
-    extra = np.sqrt(np.clip(sigma_desi ** 2 - sigma_miles[None, :] ** 2, 0.0, None))
-    total = np.sqrt(sigma_miles[None, :] ** 2 + extra ** 2)
-    return physics.gaussian_broaden(flux, extra), physics.gaussian_resolution(
-        total, rdata.shape[1])
-
-
 def observe_desi(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.random.Generator,
                  ) -> dict[str, dict[str, np.ndarray]]:
     """DESI coadd observations of n stars: per arm flux, ivar (n, npix) float32, mask int32,
-    resolution (n, 11, npix) float32 (the line-spread function the spectrum has:
-    :func:`desi_lsf`). ``stars``: labels, ``rv`` (km/s), ``mag_r`` and optionally
-    ``residual``."""
+    resolution (n, 11, npix) float32 (the line-spread function the spectrum has, for the
+    real resolution row drawn for it: :func:`desi_lsf`). ``stars``: labels, ``rv`` (km/s),
+    ``mag_r`` and optionally ``residual``."""
     rest = rest_frame(ctx, stars)
     wave = ctx.emulator.wave
     ext_wave = np.concatenate([np.linspace(3500.0, wave[0] - 1.0, 40), wave,
@@ -398,8 +409,13 @@ def observe_desi(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.random.
         obs = physics.doppler_resample(ext_wave, ext, stars["rv"], w)
         calib = physics.calibration_distortion(w, rng, n, amplitude=0.03, order=2)
         pool = ctx.desi_rpool[arm]
-        rdata = pool[rng.integers(0, pool.shape[0], size=n)].astype(np.float64)
-        model, written = desi_lsf(ctx, obs * calib * phi[:, None], rdata, w)
+        row = rng.integers(0, pool.shape[0], size=n)  # the real resolution row of each star
+        lsf = ctx.desi_lsfs[arm]
+        if lsf.extra is None:
+            model = physics.apply_resolution(pool[row].astype(np.float64),
+                                             obs * calib * phi[:, None])
+        else:
+            model = physics.gaussian_broaden(obs * calib * phi[:, None], lsf.extra[row])
         sky = ctx.desi_sky[arm][None, :]
         # variance of a ~1000 s dark-time coadd: photon noise of source + sky, plus read noise
         var = 0.008 * (np.clip(model, 0, None) + sky) + 0.02
@@ -411,7 +427,7 @@ def observe_desi(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.random.
         ivar[bad] = 0.0
         mask[bad] = 1 << 0
         out[arm] = {"flux": flux.astype(np.float32), "ivar": ivar.astype(np.float32),
-                    "mask": mask, "resolution": written.astype(np.float32)}
+                    "mask": mask, "resolution": lsf.written[row]}
     return out
 
 
