@@ -40,7 +40,8 @@ def design_matrix(x: np.ndarray, order: int = 3) -> np.ndarray:
     return np.column_stack(cols)
 
 
-def in_domain(teff, logg, feh) -> np.ndarray:
+def in_domain(teff: np.ndarray, logg: np.ndarray, feh: np.ndarray) -> np.ndarray:
+    """(n,) bool: labels (n,) (K, dex, dex) inside the emulator's domain (DOMAIN)."""
     return ((teff >= DOMAIN["teff"][0]) & (teff <= DOMAIN["teff"][1])
             & (logg >= DOMAIN["logg"][0]) & (logg <= DOMAIN["logg"][1])
             & (feh >= DOMAIN["feh"][0]) & (feh <= DOMAIN["feh"][1]))
@@ -71,20 +72,22 @@ class MilesEmulator:
         resid = y - a @ coeffs
         return cls(lib.wave_vac.copy(), coeffs, resid.std(axis=0), lib.fwhm, order)
 
-    def log_flux(self, teff, logg, feh) -> np.ndarray:
+    def log_flux(self, teff: np.ndarray, logg: np.ndarray, feh: np.ndarray) -> np.ndarray:
         """(n, npix) log of normalised flux for label arrays of shape (n,)."""
         return design_matrix(scaled_labels(teff, logg, feh), self.order) @ self.coeffs
 
-    def flux(self, teff, logg, feh) -> np.ndarray:
+    def flux(self, teff: np.ndarray, logg: np.ndarray, feh: np.ndarray) -> np.ndarray:
         """(n, npix) normalised flux (median 1 over 5000-5600 A)."""
         return np.exp(self.log_flux(teff, logg, feh))
 
     def save(self, path: str | Path) -> None:
+        """Write the emulator as .npz to ``path``."""
         np.savez(path, wave=self.wave, coeffs=self.coeffs, scatter=self.scatter,
                  fwhm=self.fwhm, order=self.order)
 
     @classmethod
     def load(cls, path: str | Path) -> MilesEmulator:
+        """Read an emulator written by :meth:`save`."""
         d = np.load(path)
         return cls(d["wave"], d["coeffs"], d["scatter"], float(d["fwhm"]), int(d["order"]))
 

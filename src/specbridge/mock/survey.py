@@ -364,6 +364,7 @@ def write_lamost_file(path: Path, layout: str, wave: np.ndarray, flux: np.ndarra
 
 
 def lamost_name(obsid: int, layout: str) -> str:
+    """File name of a LAMOST mock spectrum: gzipped in the image layout."""
     return f"spec-mock-{obsid}.fits.gz" if layout == "image" else f"{obsid}.fits"
 
 
