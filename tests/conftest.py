@@ -86,7 +86,8 @@ def slurm_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_mock(tmp_path_factory, shared_data):
-    """A small mock survey (400 LAMOST, 400 DESI spectra) generated once per session."""
+    """A small mock survey (400 LAMOST, 400 DESI spectra, 40 stars in both) generated once per
+    session."""
     from specbridge.config import validate_config
     from specbridge.mock.survey import generate
 
@@ -95,7 +96,7 @@ def small_mock(tmp_path_factory, shared_data):
                            "resources_dir": str(out / "resources"),
                            "data": {"mock": {"n_lamost": 400, "n_desi": 400,
                                              "n_lamost_unlabelled": 200,
-                                             "desi_per_file": 200}}})
+                                             "n_overlap": 40, "desi_per_file": 200}}})
     res = generate(cfg, out)
     res["outdir"] = out
     res["config"] = cfg

@@ -40,7 +40,8 @@ def design_matrix(x: np.ndarray, order: int = 3) -> np.ndarray:
     return np.column_stack(cols)
 
 
-def in_domain(teff, logg, feh) -> np.ndarray:
+def in_domain(teff: np.ndarray, logg: np.ndarray, feh: np.ndarray) -> np.ndarray:
+    """(n,) bool: labels (n,) (K, dex, dex) inside the emulator's domain (DOMAIN)."""
     return ((teff >= DOMAIN["teff"][0]) & (teff <= DOMAIN["teff"][1])
             & (logg >= DOMAIN["logg"][0]) & (logg <= DOMAIN["logg"][1])
             & (feh >= DOMAIN["feh"][0]) & (feh <= DOMAIN["feh"][1]))
@@ -71,20 +72,22 @@ class MilesEmulator:
         resid = y - a @ coeffs
         return cls(lib.wave_vac.copy(), coeffs, resid.std(axis=0), lib.fwhm, order)
 
-    def log_flux(self, teff, logg, feh) -> np.ndarray:
+    def log_flux(self, teff: np.ndarray, logg: np.ndarray, feh: np.ndarray) -> np.ndarray:
         """(n, npix) log of normalised flux for label arrays of shape (n,)."""
         return design_matrix(scaled_labels(teff, logg, feh), self.order) @ self.coeffs
 
-    def flux(self, teff, logg, feh) -> np.ndarray:
+    def flux(self, teff: np.ndarray, logg: np.ndarray, feh: np.ndarray) -> np.ndarray:
         """(n, npix) normalised flux (median 1 over 5000-5600 A)."""
         return np.exp(self.log_flux(teff, logg, feh))
 
     def save(self, path: str | Path) -> None:
+        """Write the emulator as .npz to ``path``."""
         np.savez(path, wave=self.wave, coeffs=self.coeffs, scatter=self.scatter,
                  fwhm=self.fwhm, order=self.order)
 
     @classmethod
     def load(cls, path: str | Path) -> MilesEmulator:
+        """Read an emulator written by :meth:`save`."""
         d = np.load(path)
         return cls(d["wave"], d["coeffs"], d["scatter"], float(d["fwhm"]), int(d["order"]))
 
@@ -117,3 +120,27 @@ def holdout_residuals(lib: MilesLibrary, seed: int = 1, frac: float = 0.1,
             "ids": lib.ids[test], "rms": np.sqrt(np.mean((y - pred) ** 2, axis=1)),
             "rms_grid": np.sqrt(np.mean((y - pred)[:, grid] ** 2, axis=1)),
             "n_train": np.array(train.sum())}
+
+
+def crossval_residuals(lib: MilesLibrary, n_folds: int = 10, seed: int = 1,
+                       ) -> dict[str, np.ndarray]:
+    """Cross-validated emulator residuals of every usable MILES star (complete labels, in the
+    domain): the stars are split into ``n_folds`` folds and each fold is predicted by an
+    emulator fitted to the others.
+
+    Returns ``wave`` (npix,) vacuum Angstrom, ``resid`` (n, npix) log normalised flux minus
+    its prediction, and the stars' ``teff`` (K), ``logg``, ``feh`` (dex) and MILES ``ids``,
+    each (n,)."""
+    ok = lib.complete & in_domain(lib.teff, lib.logg, lib.feh)
+    idx = np.random.default_rng(seed).permutation(np.flatnonzero(ok))
+    resid = np.empty((idx.size, lib.wave_vac.size))
+    for fold in np.array_split(np.arange(idx.size), n_folds):
+        train = np.zeros(lib.teff.size, bool)
+        train[idx] = True
+        train[idx[fold]] = False
+        emu = MilesEmulator.fit(lib, train)
+        s = idx[fold]
+        resid[fold] = (log_normalised(lib.wave_vac, lib.flux[s])
+                       - emu.log_flux(lib.teff[s], lib.logg[s], lib.feh[s]))
+    return {"wave": lib.wave_vac.copy(), "resid": resid, "teff": lib.teff[idx],
+            "logg": lib.logg[idx], "feh": lib.feh[idx], "ids": lib.ids[idx]}

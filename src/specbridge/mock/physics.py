@@ -161,3 +161,172 @@ def apply_resolution(rdata: np.ndarray, flux: np.ndarray) -> np.ndarray:
         else:
             out[:, -off:] += prod[:, k, : npix + off]
     return out
+
+
+# ---- line-spread functions: what was applied is what a file says -------------------------------
+
+FWHM_PER_SIGMA = 2.3548200450309493
+
+
+def gaussian_broaden(flux: np.ndarray, sigma_pix: np.ndarray, block: int = 256) -> np.ndarray:
+    """Convolve spectra with Gaussians whose width varies per spectrum and per pixel.
+
+    flux: (n, npix); sigma_pix: (n, npix) or (npix,) Gaussian sigma in pixels at each output
+    pixel. Row convention, as :func:`broadening_matrix`: out[i, p] = sum_k w f[i, p + k] /
+    sum_k w with w = exp(-k^2 / (2 sigma[i, p]^2)) for |k| <= ceil(4 max sigma) (the maximum
+    over the ``block`` of pixels around p), so a constant spectrum stays constant; beyond the
+    ends the end pixels are repeated. Pixels with sigma < 0.05 are unchanged. Returns
+    (n, npix) float64. Vectorised over spectra: one pass per offset k and block of pixels,
+    the weights built by the recurrence q^(k^2) = q^((k-1)^2) q^(2k-1) (no exp per offset).
+    """
+    f = np.asarray(flux, dtype=np.float64)
+    sig = np.broadcast_to(np.asarray(sigma_pix, dtype=np.float64), f.shape)
+    out = f.copy()
+    if not sig.size or float(sig.max()) < 0.05:
+        return out
+    npix = f.shape[1]
+    hmax = int(np.ceil(4.0 * float(sig.max())))
+    padded = np.pad(f, ((0, 0), (hmax, hmax)), mode="edge")
+    for a in range(0, npix, block):
+        b = min(npix, a + block)
+        s = sig[:, a:b]
+        smax = float(s.max())
+        if smax < 0.05:
+            continue
+        h = int(np.ceil(4.0 * smax))
+        q = np.where(s < 0.05, 0.0, np.exp(-0.5 / np.maximum(s, 0.05) ** 2))
+        acc = f[:, a:b].copy()
+        norm = np.ones_like(acc)
+        w = np.ones_like(acc)
+        step = q.copy()  # q^(2k-1), starting at k = 1
+        q2 = q * q
+        for k in range(1, h + 1):
+            w *= step
+            step *= q2
+            acc += w * (padded[:, hmax + a + k: hmax + b + k]
+                        + padded[:, hmax + a - k: hmax + b - k])
+            norm += 2.0 * w
+        out[:, a:b] = acc / norm
+    return out
+
+
+def lamost_resolving_power(wave: np.ndarray, r_fibre: np.ndarray, tilt: np.ndarray,
+                           r_range: tuple[float, float] = (1000.0, 2000.0)) -> np.ndarray:
+    """(n, npix) resolving power of n LAMOST fibres at ``wave`` (npix,) Angstrom:
+    R(lambda) = r_fibre (1 + tilt (lambda - 5500 A) / 4000 A), clipped to ``r_range``.
+    r_fibre, tilt: (n,) (R at 5500 A; fractional change of R per 4000 A)."""
+    x = (np.asarray(wave, dtype=np.float64)[None, :] - 5500.0) / 4000.0
+    r = np.asarray(r_fibre, dtype=np.float64)[:, None] * (1.0 + np.asarray(tilt)[:, None] * x)
+    return np.clip(r, *r_range)
+
+
+def broadening_sigma_pix(wave: np.ndarray, fwhm_in: float, resolving_power: np.ndarray,
+                         ) -> np.ndarray:
+    """Gaussian sigma (pixels of ``wave``) that takes spectra of constant FWHM ``fwhm_in``
+    (Angstrom) to FWHM = lambda / R: sqrt(max((lambda / R)^2 - fwhm_in^2, 0)) / 2.3548 / step.
+    wave: (npix,) Angstrom; resolving_power: (npix,) or (n, npix). Returns its shape; 0 where
+    the target is sharper than ``fwhm_in`` (nothing can sharpen the input)."""
+    step = np.gradient(np.asarray(wave, dtype=np.float64))
+    fwhm_t = wave / np.asarray(resolving_power, dtype=np.float64)
+    return np.sqrt(np.clip(fwhm_t ** 2 - fwhm_in ** 2, 0.0, None)) / FWHM_PER_SIGMA / step
+
+
+def _rows_from_rdata(rdata: np.ndarray) -> np.ndarray:
+    """(n, ndiag, npix) row-offset form of DESI resolution data: rows[:, j, i] = R[i, i + o_j],
+    o_j = j - ndiag // 2 (zero where i + o_j is off the grid). rdata as in
+    :func:`apply_resolution`."""
+    n, ndiag, npix = rdata.shape
+    half = ndiag // 2
+    rows = np.zeros(rdata.shape, dtype=np.float64)
+    for j in range(ndiag):
+        off = j - half
+        k = half - off
+        if off >= 0:
+            rows[:, j, : npix - off] = rdata[:, k, off:]
+        else:
+            rows[:, j, -off:] = rdata[:, k, : npix + off]
+    return rows
+
+
+def _rdata_from_rows(rows: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_rows_from_rdata`: (n, ndiag, npix) desispec-convention data."""
+    n, ndiag, npix = rows.shape
+    half = ndiag // 2
+    rdata = np.zeros(rows.shape, dtype=np.float64)
+    for j in range(ndiag):
+        off = j - half
+        k = half - off
+        if off >= 0:
+            rdata[:, k, off:] = rows[:, j, : npix - off]
+        else:
+            rdata[:, k, : npix + off] = rows[:, j, -off:]
+    return rdata
+
+
+def _diagonals(ndiag: int, npix: int):
+    """For each row offset o = j - ndiag // 2: (j, k = the rdata diagonal, the slice of rows
+    i with i + o on the grid, the slice of columns i + o)."""
+    half = ndiag // 2
+    for j in range(ndiag):
+        off = j - half
+        rows = slice(0, npix - off) if off >= 0 else slice(-off, npix)
+        cols = slice(off, npix) if off >= 0 else slice(0, npix + off)
+        yield j, half - off, off, rows, cols
+
+
+def resolution_sigma_pix(rdata: np.ndarray) -> np.ndarray:
+    """(n, npix) Gaussian-equivalent sigma (pixels) of each row of DESI resolution data
+    (n, ndiag, npix): the square root of the row kernel's second central moment (negative
+    elements count as 0)."""
+    n, ndiag, npix = rdata.shape
+    norm = np.zeros((n, npix))
+    m1 = np.zeros((n, npix))
+    m2 = np.zeros((n, npix))
+    for _, k, off, rows, cols in _diagonals(ndiag, npix):
+        v = np.clip(rdata[:, k, cols], 0.0, None)
+        norm[:, rows] += v
+        m1[:, rows] += off * v
+        m2[:, rows] += off * off * v
+    norm = np.maximum(norm, 1e-30)
+    return np.sqrt(np.clip(m2 / norm - (m1 / norm) ** 2, 0.0, None))
+
+
+def gaussian_resolution(sigma_pix: np.ndarray, ndiag: int = 11) -> np.ndarray:
+    """DESI resolution data (n, ndiag, npix) float32, desispec convention, whose row i is a
+    Gaussian of sigma ``sigma_pix[:, i]`` (pixels; (n, npix)) sampled at integer offsets,
+    truncated to the band and normalised to 1 over the pixels on the grid."""
+    sig = np.maximum(np.asarray(sigma_pix, dtype=np.float64), 1e-3)
+    n, npix = sig.shape
+    a = -0.5 / sig ** 2
+    norm = np.zeros((n, npix))
+    for _, _, off, rows, _ in _diagonals(ndiag, npix):
+        norm[:, rows] += np.exp(a[:, rows] * off * off)
+    rdata = np.zeros((n, ndiag, npix), dtype=np.float32)
+    for _, k, off, rows, cols in _diagonals(ndiag, npix):
+        rdata[:, k, cols] = np.exp(a[:, rows] * off * off) / norm[:, rows]
+    return rdata
+
+
+def convolve_resolution(rdata: np.ndarray, sigma_pix: float | np.ndarray) -> np.ndarray:
+    """Resolution data (n, ndiag, npix) of R G: the DESI matrix R after a Gaussian G of sigma
+    ``sigma_pix`` (pixels; scalar or (npix,)), the effective line-spread function of a
+    spectrum that already had resolution G when R was applied. Each row is the discrete
+    convolution of R's row with G's, truncated to the band and renormalised to R's row sum."""
+    rows = _rows_from_rdata(np.asarray(rdata, dtype=np.float64))
+    n, ndiag, npix = rows.shape
+    half = ndiag // 2
+    sig = np.broadcast_to(np.asarray(sigma_pix, dtype=np.float64), (npix,))
+    hg = int(np.ceil(4.0 * sig.max()))
+    dg = np.arange(-hg, hg + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (dg[:, None] / sig[None, :]) ** 2)
+    g /= g.sum(axis=0, keepdims=True)  # (2 hg + 1, npix), G's row at each pixel
+    out = np.zeros_like(rows)
+    for j in range(ndiag):  # R's offset o1 = j - half, then G's offset d: o = o1 + d
+        for m, d in enumerate(range(-hg, hg + 1)):
+            t = j + d
+            if 0 <= t < ndiag:
+                out[:, t, :] += rows[:, j, :] * g[m][None, :]
+    col = np.arange(npix)[None, :] + (np.arange(ndiag) - half)[:, None]
+    out *= ((col >= 0) & (col < npix))[None]
+    out *= rows.sum(axis=1, keepdims=True) / np.maximum(out.sum(axis=1, keepdims=True), 1e-30)
+    return _rdata_from_rows(out)

@@ -2,9 +2,11 @@
 APOGEE allStar-like label catalogue, written in the real surveys' formats (read back by the
 same readers as real files).
 
-Pipeline per star: labels -> MILES emulator (rest frame, vacuum, FWHM 2.5 A) -> [alpha/Fe]
-response -> survey resolution -> Doppler shift -> survey wavelength grid -> flux-calibration
-distortion -> noise. See docs/mock.md for the choices and their limits.
+Pipeline per star: labels -> MILES emulator (rest frame, vacuum, FWHM 2.5 A) -> the star's own
+residual (:mod:`specbridge.mock.residuals`) -> [alpha/Fe] response -> survey resolution
+(LAMOST: per fibre; DESI: the line-spread function written to the file) -> Doppler shift ->
+survey wavelength grid -> flux-calibration distortion -> noise. A configurable number of stars
+is observed by both surveys as one identity. See docs/mock.md for the choices and their limits.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from specbridge.io import desi as desi_io
 from specbridge.kernels.pipeline import LAMOST_R
 from specbridge.labels import LABEL_NAMES, column
 from specbridge.mock import physics
-from specbridge.mock.emulator import MilesEmulator
+from specbridge.mock.emulator import MilesEmulator, crossval_residuals
 from specbridge.mock.miles import load_miles
 from specbridge.mock.population import draw_labels
 from specbridge.mock.reference import reference_dir, sha256
+from specbridge.mock.residuals import StarResiduals
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +42,59 @@ GAIA_ID0 = 4_000_000_000_000_000_000 // 1000
 DESI_TARGET_MWS_ANY = 1 << 61
 MWS_BROAD = 1 << 0
 FIBER_AREA_ARCSEC2 = math.pi * 0.75 ** 2
+#: how the DESI mock's line-spread function is made and written (docs/mock.md)
+DESI_LSF_MODES = ("miles_floor", "convolved", "legacy")
+#: the per-star quantities an overlap star shares between the surveys (its identity)
+IDENTITY_KEYS = ("teff", "logg", "feh", "alpha_fe", "component", "rv", "ra", "dec", "gaia_id")
+LAMOST_R_RANGE = (1000.0, 2000.0)  # per-fibre resolving power is clipped to this range
+ASTROMETRIC_SCATTER_ARCSEC = 0.1
+
+
+@dataclass
+class DesiLsf:
+    """The line-spread function the DESI mock gives a spectrum for each real resolution row of
+    an arm's pool (m rows): ``extra`` (m, npix) sigma (pixels) of the Gaussian applied to the
+    MILES-resolution spectrum instead of the real matrix (None: the real matrix is applied),
+    ``written`` (m, 11, npix) float32 the resolution data of the resulting line-spread
+    function, written to the file."""
+
+    extra: np.ndarray | None
+    written: np.ndarray
+
+
+def desi_lsf(mode: str, rdata: np.ndarray, wave: np.ndarray, fwhm_in: float) -> DesiLsf:
+    """The DESI mock's line-spread function for real DESI resolution rows ``rdata``
+    (m, 11, npix) on an arm's grid ``wave`` (npix,) Angstrom, for spectra already at
+    ``fwhm_in`` (MILES: 2.5 A FWHM).
+
+    ``mode`` = ``miles_floor``: a Gaussian of sqrt(max(sigma_DESI^2 - sigma_MILES^2, 0)) is
+    applied, so the spectra reach DESI's width where DESI is broader than MILES and stay at
+    MILES' where it is sharper (everywhere for the real matrices: DESI's FWHM is 1.5-1.9 A);
+    written: a Gaussian of the resulting width. ``convolved``: the real matrix applied;
+    written: the real matrix convolved with MILES' Gaussian. ``legacy``: the real matrix
+    applied and written alone (it understates the width: the behaviour before issue #14).
+    """
+    rdata = np.asarray(rdata, dtype=np.float64)
+    if mode == "legacy":
+        return DesiLsf(None, rdata.astype(np.float32))
+    sigma_in = fwhm_in / physics.FWHM_PER_SIGMA / np.gradient(wave)  # pixels
+    if mode == "convolved":
+        return DesiLsf(None, physics.convolve_resolution(rdata, sigma_in).astype(np.float32))
+    if mode != "miles_floor":
+        raise ValueError(f"data.mock.desi_lsf: {mode!r} is not one of {DESI_LSF_MODES}")
+    sigma_desi = physics.resolution_sigma_pix(rdata)
+    extra = np.sqrt(np.clip(sigma_desi ** 2 - sigma_in[None, :] ** 2, 0.0, None))
+    total = np.sqrt(sigma_in[None, :] ** 2 + extra ** 2)
+    return DesiLsf(extra, physics.gaussian_resolution(total, rdata.shape[1]))
 
 
 @dataclass
 class MockContext:
-    """Everything the generators share: the emulator, the LAMOST broadening, the real DESI
-    grids (arm -> (npix,)), a pool of real DESI resolution rows (arm -> (m, 11, npix)) and the
-    sky per fibre on each DESI arm (arm -> (npix,))."""
+    """Everything the generators share: the emulator, the LAMOST broadening at the nominal
+    R = 1800, the real DESI grids (arm -> (npix,)), a pool of real DESI resolution rows
+    (arm -> (m, 11, npix)), the sky per fibre on each DESI arm (arm -> (npix,)), the
+    star-to-star residual model (None: off), how the DESI line-spread function is made (one
+    of DESI_LSF_MODES) and what that gives for each pool row (arm -> :class:`DesiLsf`)."""
 
     emulator: MilesEmulator
     lamost_wave: np.ndarray
@@ -55,12 +104,17 @@ class MockContext:
     desi_sky: dict[str, np.ndarray]
     miles_teff: np.ndarray
     miles_logg: np.ndarray
+    residuals: StarResiduals | None = None
+    desi_lsf: str = "miles_floor"
+    desi_lsfs: dict[str, DesiLsf] | None = None
 
 
 def build_context(cfg: dict[str, Any]) -> MockContext:
-    """Locate (or fetch) the reference data, fit (or load the cached) emulator, read the DESI
-    grids, resolution matrices and sky."""
+    """Locate (or fetch) the reference data, fit (or load the cached) emulator and residual
+    model, read the DESI grids, resolution matrices and sky. ``cfg``: the whole configuration
+    (``data.mock`` selects the residual model and the DESI line-spread mode)."""
     shared, cache = cfg.get("reference_data"), Path(cfg["resources_dir"])
+    mock = cfg.get("data", {}).get("mock", {})
     miles_dir = reference_dir("miles", shared, cache)
     lib = load_miles(miles_dir)
     key = sha256(miles_dir / "MILES_params.db")[:12]
@@ -73,6 +127,17 @@ def build_context(cfg: dict[str, Any]) -> MockContext:
         with atomic_output(emu_path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, wave=emu.wave, coeffs=emu.coeffs, scatter=emu.scatter,
                      fwhm=emu.fwhm, order=emu.order)
+    residuals = None
+    if mock.get("star_residuals", True):
+        # the PCA of the MILES stars' cross-validated residuals, computed once per library
+        res_path = cache / f"star-residuals-v1-{key}.npz"
+        if res_path.exists():
+            residuals = StarResiduals.load(res_path)
+        else:
+            residuals = StarResiduals.fit(crossval_residuals(lib))
+            res_path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_output(res_path) as tmp, open(tmp, "wb") as fh:
+                residuals.save(fh)
     lam_wave = 10.0 ** (LAMOST_LOG0 + LAMOST_DLOG * np.arange(LAMOST_NPIX))
     desi_dir = reference_dir("desi", shared, cache)
     waves, pools = {}, {}
@@ -88,8 +153,10 @@ def build_context(cfg: dict[str, Any]) -> MockContext:
     sky = np.loadtxt(sky_dir / "spec-sky.dat")
     skies = {arm: pixel_average(sky[:, 0], sky[:, 1], w) * FIBER_AREA_ARCSEC2
              for arm, w in waves.items()}
+    mode = mock.get("desi_lsf", "miles_floor")
+    lsfs = {arm: desi_lsf(mode, pools[arm], waves[arm], emu.fwhm) for arm in desi_io.ARMS}
     return MockContext(emu, lam_wave, physics.broadening_matrix(emu.wave, emu.fwhm, LAMOST_R),
-                       waves, pools, skies, lib.teff, lib.logg)
+                       waves, pools, skies, lib.teff, lib.logg, residuals, mode, lsfs)
 
 
 def pixel_average(x: np.ndarray, y: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -105,11 +172,17 @@ def pixel_average(x: np.ndarray, y: np.ndarray, centres: np.ndarray) -> np.ndarr
 
 # ---- the population of stars ------------------------------------------------------------------
 
-def draw_stars(ctx: MockContext, survey: str, n: int, seed: int) -> dict[str, np.ndarray]:
-    """Labels, radial velocity (km/s), sky position (deg) and IDs of n stars of a survey.
+def draw_stars(ctx: MockContext, survey: str, n: int, seed: int,
+               lamost_resolution_spread: float = 0.0) -> dict[str, np.ndarray]:
+    """Labels, radial velocity (km/s), sky position (deg) and IDs of n stars of a survey,
+    each an array (n,); for LAMOST also the fibre's resolving power ``lamost_r`` (at 5500 A)
+    and its ``lamost_tilt`` (:func:`physics.lamost_resolving_power`).
 
     Deterministic in (seed, survey); LAMOST stars lie in RA 100-140, Dec 20-40 deg and DESI
-    stars in RA 180-220, Dec 0-30 deg, uniform on the sphere.
+    stars in RA 180-220, Dec 0-30 deg, uniform on the sphere. The LAMOST fibre resolution:
+    R ~ N(1800, spread) clipped to 1000-2000, tilt ~ N(0, spread / 1800) (spread 0: every
+    fibre at exactly R = 1800), from a generator of its own so that the other draws do not
+    depend on the spread.
     """
     rng = np.random.default_rng([seed, SURVEY_CODE[survey]])
     stars = draw_labels(rng, n, ctx.miles_teff, ctx.miles_logg)
@@ -124,20 +197,89 @@ def draw_stars(ctx: MockContext, survey: str, n: int, seed: int) -> dict[str, np
     if survey == "lamost":
         stars["snr"] = np.clip(np.exp(rng.normal(np.log(40), 0.6, n)), 5, 400)
         stars["id"] = LAMOST_OBSID0 + np.arange(n)
+        r_rng = np.random.default_rng([seed, SURVEY_CODE[survey], 8])
+        spread = float(lamost_resolution_spread)
+        stars["lamost_r"] = np.clip(LAMOST_R + spread * r_rng.standard_normal(n),
+                                    *LAMOST_R_RANGE)
+        stars["lamost_tilt"] = spread / LAMOST_R * r_rng.standard_normal(n)
     else:
         stars["mag_r"] = 15.0 + 4.0 * rng.random(n)
         stars["id"] = DESI_TARGETID0 + np.arange(n)
     return stars
 
 
+def draw_survey(ctx: MockContext, mock: dict[str, Any], seed: int,
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The LAMOST and DESI stars of the mock ``mock`` (= cfg['data']['mock']): ``n_lamost``
+    labelled LAMOST stars followed by ``n_lamost_unlabelled`` more, and ``n_desi`` DESI stars.
+
+    ``n_overlap`` DESI stars (a random choice) are also observed by LAMOST: each replaces a
+    random labelled LAMOST star, taking over its identity (IDENTITY_KEYS: labels, component, RV,
+    position, Gaia ID) but keeping its own OBSID, S/N and fibre resolution; its LAMOST
+    position carries 0.1 arcsec of astrometric scatter. ``overlap`` (bool, (n,)) marks them
+    in both. With ``star_residuals``, ``residual`` (n, K) holds each star's residual
+    coefficients, drawn from its Gaia ID (so an overlap star has one residual) and
+    ``resid_rms`` (n,) their rms over 4000-5600 A. Deterministic in ``seed``.
+    """
+    # the labelled LAMOST stars first, then the unlabelled corpus (n_lamost_unlabelled: the
+    # same population observed the same way, left out of the label catalogue)
+    lamost = draw_stars(ctx, "lamost", mock["n_lamost"] + mock.get("n_lamost_unlabelled", 0),
+                        seed, mock.get("lamost_resolution_spread", 0.0))
+    desi = draw_stars(ctx, "desi", mock["n_desi"], seed)
+    n_ov = min(int(mock.get("n_overlap", 0)), mock["n_lamost"], mock["n_desi"])
+    rng = np.random.default_rng([seed, 5])
+    d_idx = np.sort(rng.choice(mock["n_desi"], size=n_ov, replace=False))
+    l_idx = np.sort(rng.choice(mock["n_lamost"], size=n_ov, replace=False))
+    for key in IDENTITY_KEYS:
+        lamost[key][l_idx] = desi[key][d_idx]
+    scatter = ASTROMETRIC_SCATTER_ARCSEC / 3600.0
+    lamost["dec"][l_idx] += rng.normal(0.0, scatter, n_ov)
+    lamost["ra"][l_idx] += rng.normal(0.0, scatter, n_ov) / np.cos(
+        np.radians(lamost["dec"][l_idx]))
+    for stars, idx in ((lamost, l_idx), (desi, d_idx)):
+        stars["overlap"] = np.zeros(stars["id"].size, bool)
+        stars["overlap"][idx] = True
+    if ctx.residuals is not None and mock.get("star_residuals", True):
+        k = int(mock.get("star_residual_components", 20))
+        w = ctx.residuals.wave
+        grid = (w >= 4000.0) & (w <= 5600.0)
+        for stars in (lamost, desi):
+            stars["residual"] = ctx.residuals.draw(stars["gaia_id"], stars["teff"],
+                                                   stars["logg"], stars["feh"], seed, k)
+            r = stars["residual"] @ ctx.residuals.components[:k, grid]
+            stars["resid_rms"] = np.sqrt(np.mean(r ** 2, axis=1))
+    return lamost, desi
+
+
 def subset(stars: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The stars ``idx`` (index array or mask) of a star table (every array's first axis)."""
     return {k: v[idx] for k, v in stars.items()}
 
 
 def rest_frame(ctx: MockContext, stars: dict[str, np.ndarray]) -> np.ndarray:
-    """(n, npix_miles) normalised rest-frame flux with the [alpha/Fe] response."""
-    flux = ctx.emulator.flux(stars["teff"], stars["logg"], stars["feh"])
-    return physics.alpha_response(ctx.emulator.wave, flux, stars["feh"], stars["alpha_fe"])
+    """(n, npix_miles) normalised rest-frame flux on ``ctx.emulator.wave``: the emulator at
+    the labels, times exp(the star's residual) where ``stars`` has ``residual`` coefficients
+    (n, K) and the context a residual model, with the [alpha/Fe] response."""
+    log_flux = ctx.emulator.log_flux(stars["teff"], stars["logg"], stars["feh"])
+    if "residual" in stars and ctx.residuals is not None:
+        log_flux = log_flux + ctx.residuals.log_residual(stars["residual"])
+    return physics.alpha_response(ctx.emulator.wave, np.exp(log_flux), stars["feh"],
+                                  stars["alpha_fe"])
+
+
+def lamost_lsf(ctx: MockContext, stars: dict[str, np.ndarray], rest: np.ndarray) -> np.ndarray:
+    """(n, npix_miles) rest-frame spectra ``rest`` broadened from MILES' FWHM 2.5 A to each
+    fibre's FWHM = lambda / R(lambda) (``lamost_r``, ``lamost_tilt`` of ``stars``; absent or
+    all at the nominal 1800: one shared sparse kernel). Nothing is sharpened: where
+    lambda / R < 2.5 A the spectrum stays at MILES' resolution."""
+    if "lamost_r" not in stars or (np.all(stars["lamost_r"] == LAMOST_R)
+                                   and np.all(stars["lamost_tilt"] == 0.0)):
+        return (ctx.lamost_broaden @ rest.T).T
+    wave = ctx.emulator.wave
+    r = physics.lamost_resolving_power(wave, stars["lamost_r"], stars["lamost_tilt"],
+                                       LAMOST_R_RANGE)
+    return physics.gaussian_broaden(rest, physics.broadening_sigma_pix(wave, ctx.emulator.fwhm,
+                                                                       r))
 
 
 # ---- LAMOST -----------------------------------------------------------------------------------
@@ -145,9 +287,11 @@ def rest_frame(ctx: MockContext, stars: dict[str, np.ndarray]) -> np.ndarray:
 def observe_lamost(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.random.Generator,
                    ) -> dict[str, np.ndarray]:
     """LAMOST observations of n stars: flux, ivar (n, 3909) float32, andmask (n, 3909) int32,
-    snr_band (n, 5) measured S/N in u g r i z."""
+    snr_band (n, 5) measured S/N in u g r i z. ``stars``: labels, ``rv`` (km/s), ``snr``, and
+    optionally ``lamost_r``/``lamost_tilt`` (default: R = 1800) and ``residual``; each (n,)
+    (``residual`` (n, K))."""
     rest = rest_frame(ctx, stars)
-    broad = (ctx.lamost_broaden @ rest.T).T
+    broad = lamost_lsf(ctx, stars, rest)
     wave = ctx.emulator.wave
     ext_wave = np.concatenate([wave, np.linspace(wave[-1] + 1.0, 9300.0, 1900)])
     ext = physics.extend_beyond(wave, broad, stars["teff"], ext_wave)
@@ -223,6 +367,7 @@ def write_lamost_file(path: Path, layout: str, wave: np.ndarray, flux: np.ndarra
 
 
 def lamost_name(obsid: int, layout: str) -> str:
+    """File name of a LAMOST mock spectrum: gzipped in the image layout."""
     return f"spec-mock-{obsid}.fits.gz" if layout == "image" else f"{obsid}.fits"
 
 
@@ -252,7 +397,9 @@ def write_lamost_batch(ctx: MockContext, stars: dict[str, np.ndarray], outdir: P
 def observe_desi(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.random.Generator,
                  ) -> dict[str, dict[str, np.ndarray]]:
     """DESI coadd observations of n stars: per arm flux, ivar (n, npix) float32, mask int32,
-    resolution (n, 11, npix) float32 (the real matrix applied to each spectrum)."""
+    resolution (n, 11, npix) float32 (the line-spread function the spectrum has, for the
+    real resolution row drawn for it: :func:`desi_lsf`). ``stars``: labels, ``rv`` (km/s),
+    ``mag_r`` and optionally ``residual``."""
     rest = rest_frame(ctx, stars)
     wave = ctx.emulator.wave
     ext_wave = np.concatenate([np.linspace(3500.0, wave[0] - 1.0, 40), wave,
@@ -266,8 +413,13 @@ def observe_desi(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.random.
         obs = physics.doppler_resample(ext_wave, ext, stars["rv"], w)
         calib = physics.calibration_distortion(w, rng, n, amplitude=0.03, order=2)
         pool = ctx.desi_rpool[arm]
-        rdata = pool[rng.integers(0, pool.shape[0], size=n)].astype(np.float64)
-        model = physics.apply_resolution(rdata, obs * calib * phi[:, None])
+        row = rng.integers(0, pool.shape[0], size=n)  # the real resolution row of each star
+        lsf = ctx.desi_lsfs[arm]
+        if lsf.extra is None:
+            model = physics.apply_resolution(pool[row].astype(np.float64),
+                                             obs * calib * phi[:, None])
+        else:
+            model = physics.gaussian_broaden(obs * calib * phi[:, None], lsf.extra[row])
         sky = ctx.desi_sky[arm][None, :]
         # variance of a ~1000 s dark-time coadd: photon noise of source + sky, plus read noise
         var = 0.008 * (np.clip(model, 0, None) + sky) + 0.02
@@ -279,7 +431,7 @@ def observe_desi(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.random.
         ivar[bad] = 0.0
         mask[bad] = 1 << 0
         out[arm] = {"flux": flux.astype(np.float32), "ivar": ivar.astype(np.float32),
-                    "mask": mask, "resolution": rdata.astype(np.float32)}
+                    "mask": mask, "resolution": lsf.written[row]}
     return out
 
 
@@ -362,12 +514,19 @@ def apogee_catalogue(lamost: dict[str, np.ndarray], desi: dict[str, np.ndarray],
                      n_field: int = 200) -> np.ndarray:
     """An allStar-like table: a random ``lamost_fraction`` of the LAMOST stars and
     ``desi_fraction`` of the DESI stars, plus ``n_field`` stars observed by neither, with
-    label errors, reported labels = truth + error draw, and ~3 % ASPCAPFLAG STAR_BAD."""
+    label errors, reported labels = truth + error draw, and ~3 % ASPCAPFLAG STAR_BAD.
+
+    Stars marked ``overlap`` (seen by both surveys) are all in it, once: one APOGEE_ID, one
+    Gaia ID and the DESI position (their LAMOST copies are not added again)."""
     rng = np.random.default_rng([seed, 3])
     parts = []
-    for stars, frac in ((lamost, lamost_fraction), (desi, desi_fraction)):
+    for stars, frac, survey in ((lamost, lamost_fraction, "lamost"),
+                                (desi, desi_fraction, "desi")):
         keep = rng.random(stars["id"].size) < frac
-        parts.append({k: v[keep] for k, v in stars.items()})
+        if "overlap" in stars:
+            keep = keep & ~stars["overlap"] if survey == "lamost" else keep | stars["overlap"]
+        parts.append({k: stars[k][keep] for k in
+                      ("teff", "logg", "feh", "alpha_fe", "ra", "dec", "gaia_id")})
     field = {"teff": rng.uniform(4000, 6500, n_field), "logg": rng.uniform(1, 5, n_field),
              "feh": rng.uniform(-2, 0.4, n_field), "alpha_fe": rng.uniform(0, 0.3, n_field),
              "ra": rng.uniform(0, 90, n_field), "dec": rng.uniform(-20, 60, n_field),
@@ -403,16 +562,25 @@ def apogee_catalogue(lamost: dict[str, np.ndarray], desi: dict[str, np.ndarray],
 
 
 def truth_table(stars: dict[str, np.ndarray], survey: str) -> np.ndarray:
+    """One row per spectrum of a survey: SURVEY, SPECID (OBSID / TARGETID), GAIA_ID (one per
+    star: an overlap star has the same in both surveys), RA, DEC (deg, as in the file), the
+    true labels, RV (km/s), COMPONENT, OVERLAP (1: observed by both surveys), LAMOST_R (the
+    fibre's resolving power at 5500 A; NaN for DESI) and RESID_RMS (rms of the star's
+    residual in ln flux over 4000-5600 A; 0 without residuals)."""
     n = stars["id"].size
     t = np.zeros(n, dtype=[("SURVEY", "S6"), ("SPECID", "i8"), ("GAIA_ID", "i8"),
                            ("RA", "f8"), ("DEC", "f8"),
                            *[(column(lab), "f4") for lab in LABEL_NAMES], ("RV", "f4"),
-                           ("COMPONENT", "S5")])
+                           ("COMPONENT", "S5"), ("OVERLAP", "i1"), ("LAMOST_R", "f4"),
+                           ("RESID_RMS", "f4")])
     t["SURVEY"], t["SPECID"], t["GAIA_ID"] = survey, stars["id"], stars["gaia_id"]
     t["RA"], t["DEC"], t["RV"] = stars["ra"], stars["dec"], stars["rv"]
     for lab in LABEL_NAMES:
         t[column(lab)] = stars[lab]
     t["COMPONENT"] = stars["component"]
+    t["OVERLAP"] = stars.get("overlap", np.zeros(n, bool))
+    t["LAMOST_R"] = stars.get("lamost_r", np.full(n, np.nan))
+    t["RESID_RMS"] = stars.get("resid_rms", np.zeros(n))
     return t
 
 
@@ -438,12 +606,9 @@ def generate(cfg: dict[str, Any], outdir: str | Path, comm: Any = None,
         comm.Barrier()
         if rank != 0:
             ctx = build_context(cfg)  # reads the cache
-    # the labelled LAMOST set, then the unlabelled corpus: the same population observed the
-    # same way, absent from the label catalogue (the SpecFormer pretrains on both)
-    n_lam = mock["n_lamost"] + mock["n_lamost_unlabelled"]
-    lamost = draw_stars(ctx, "lamost", n_lam, seed)
+    lamost, desi = draw_survey(ctx, mock, seed)
+    n_lam = lamost["id"].size
     labelled = subset(lamost, np.arange(mock["n_lamost"]))
-    desi = draw_stars(ctx, "desi", mock["n_desi"], seed)
     (outdir / "lamost").mkdir(parents=True, exist_ok=True)
     (outdir / "desi").mkdir(parents=True, exist_ok=True)
     if with_resolution is None:
