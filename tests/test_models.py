@@ -93,6 +93,24 @@ def test_no_hidden_pixel_reaches_the_encoder():
         assert not torch.allclose(out0[0], out2[0], atol=1e-6)
 
 
+def test_specformer_edge_cases():
+    with pytest.raises(ValueError, match="no patch"):
+        SpecFormer(npix=200, patch_size=20, patch_stride=30, d_model=16, n_layers=1,
+                   n_heads=2)
+    m = SpecFormer(npix=200, patch_size=20, patch_stride=10, d_model=16, n_layers=1,
+                   n_heads=2).eval()
+    flux = 1 + 0.1 * torch.randn(3, 200)
+    ivar = torch.full((3, 200), 100.0)
+    flux[1, :50] = float("nan")  # NaN flux where ivar = 0 must not spread
+    ivar[1, :50] = 0
+    ivar[2] = 0  # no usable pixel
+    with torch.no_grad():
+        s = m.spectrum_scores(flux, ivar)
+        e = m.embed(flux, ivar)
+    assert torch.isfinite(s[:2]).all() and torch.isnan(s[2])
+    assert torch.isfinite(e).all()
+
+
 def test_out_of_domain_score_is_noise_aware():
     """The spectrum-space score of pure noise about a level is ~0 for a model that predicts
     that level, and grows with structure the model cannot predict."""

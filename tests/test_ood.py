@@ -67,3 +67,24 @@ def test_ridge_probe_recovers_a_linear_label():
     # a label unrelated to the features: the probe's scatter is the label's own
     z = rng.normal(0, 2.0, 2000)
     assert 1.6 < linear_probe(x[:1500], z[:1500], x[1500:], z[1500:]) < 2.4
+
+
+def test_the_served_candidate_does_not_vote_on_its_own_value():
+    """With two fine-tuned candidates, the one serving a label is left out of the vote, so
+    the other's disagreement alone flags the row."""
+    from types import SimpleNamespace
+
+    from specbridge.inference.predict import _others
+
+    cands = [SimpleNamespace(name="a_lora", strategy="lora"),
+             SimpleNamespace(name="b_full", strategy="full"),
+             SimpleNamespace(name="a_zeroshot", strategy="zeroshot")]
+    names = [c.name for c in cands]
+    preds = {"a_lora": (np.array([[0.0], [0.0]]), np.full((2, 1), 0.1)),
+             "b_full": (np.array([[0.05], [2.0]]), np.full((2, 1), 0.1)),
+             "a_zeroshot": (np.array([[9.0], [9.0]]), np.full((2, 1), 0.1))}
+    served = np.zeros((2, 1), np.int16)  # a_lora serves
+    others = _others(preds, names, served, cands)
+    assert len(others) == 2 and np.isnan(others[0][0]).all()
+    value, error = preds["a_lora"]
+    assert disagreeing(value, error, others, 5.0).tolist() == [False, True]

@@ -4,8 +4,8 @@ wrongly, so every catalogued spectrum is checked twice.
 * Spectrum space (``OOD_SPECTRUM``): the SpecFormer's masked-reconstruction score
   (:meth:`specbridge.models.specformer.SpecFormer.spectrum_scores`, the excess squared error of
   reconstructing each pixel unseen, in standardised flux units) above a threshold: the
-  ``percentile`` of the same score over the SpecFormer's training spectra (stored with its
-  checkpoint as quantiles).
+  ``percentile`` of the same score over LAMOST spectra held out of the SpecFormer's training
+  (its validation split; stored with its checkpoint as quantiles).
 * Label space (``OOD_LABELS``): a served label outside the support of the training labels (the
   range of the LAMOST labels the candidates were pretrained on), or the fine-tuned candidates
   disagreeing with the served value beyond ``z_max`` times their combined errors (most of them,
@@ -41,10 +41,13 @@ def spectrum_scores(model: Any, flux: np.ndarray, ivar: np.ndarray, usable: np.n
     return out
 
 
-def score_threshold(quantiles: Sequence[float], percentile: float) -> float:
-    """The ``percentile`` (0-100) of the training spectra's score, interpolated in the
-    evenly spaced ``quantiles`` (0 % to 100 %) stored with the SpecFormer checkpoint."""
+def score_threshold(quantiles: Sequence[float], percentile: float) -> float | None:
+    """The ``percentile`` (0-100) of the held-out LAMOST spectra's score, interpolated in the
+    evenly spaced ``quantiles`` (0 % to 100 %) stored with the SpecFormer checkpoint; None
+    without finite quantiles."""
     q = np.asarray(quantiles, np.float64)
+    if q.size < 2 or not np.isfinite(q).all():
+        return None
     return float(np.interp(percentile / 100.0, np.linspace(0.0, 1.0, q.size), q))
 
 

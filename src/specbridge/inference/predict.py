@@ -176,8 +176,7 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
     ood = routing.get("ood") or {}
     score = _ood_scores(shard, d["specid"].shape[0])
     fl |= ood_flags(score, ood.get("threshold"), r.value, r.error, _support(cands),
-                    [preds[c.name] for c in cands if c.strategy != "zeroshot"],
-                    float(ood.get("z_max", 5.0)))
+                    _others(preds, names, r.served, cands), float(ood.get("z_max", 5.0)))
     some = np.isfinite(r.value).any(1)
     failed = ~some & ~flags.is_fatal(fl)
     fl[failed] |= flags.flag("PREDICTION_FAILED")
@@ -222,3 +221,19 @@ def _support(cands: Sequence[Candidate]) -> dict[str, list[float]] | None:
         return None
     return {"lo": np.min([s["lo"] for s in sup], axis=0).tolist(),
             "hi": np.max([s["hi"] for s in sup], axis=0).tolist()}
+
+
+def _others(preds: Mapping[str, tuple[np.ndarray, np.ndarray]], names: Sequence[str],
+            served: np.ndarray, cands: Sequence[Candidate]
+            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The fine-tuned (not zero-shot) candidates' (value, error), each (n, n_labels), with
+    NaN where that candidate is the one serving the label (``served`` (n, n_labels): index
+    into ``names``), so the served value is only compared with the others."""
+    out = []
+    for c in cands:
+        if c.strategy == "zeroshot":
+            continue
+        v, e = preds[c.name]
+        own = served == names.index(c.name)
+        out.append((np.where(own, np.nan, v), e))
+    return out

@@ -276,7 +276,8 @@ def build_model(kind: str, arch: Mapping[str, Any]) -> nn.Module:
         return SpectrumMLP(arch["npix"], arch["hidden"], arch["n_labels"], arch["dropout"])
     if kind == "specformer":
         return SpecFormer(arch["npix"], arch["patch_size"], arch["patch_stride"],
-                          arch["d_model"], arch["n_layers"], arch["n_heads"])
+                          arch["d_model"], arch["n_layers"], arch["n_heads"],
+                          score_span=int(arch.get("mask_span", 40)))
     if kind == "candidate":
         return _build_servable(arch)
     raise ValueError(f"no module for checkpoint kind {kind!r}")

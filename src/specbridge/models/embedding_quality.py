@@ -2,7 +2,7 @@
 with its checkpoint: linear probes (ridge regression on frozen, standardised embeddings, and the
 same on the pixels for reference) per label on held-out labelled spectra, the embedding
 statistics used to standardise downstream, and the distribution of the out-of-domain score on
-the training spectra (from which inference sets its threshold)."""
+held-out LAMOST spectra (from which inference sets its threshold)."""
 
 from __future__ import annotations
 
@@ -55,33 +55,44 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
     return float(robust_sigma(ridge_predict(model, val_x[va].astype(np.float64)) - val_y[va]))
 
 
-def _pass(net: SpecFormer, data: LabelledShards, seed: int, device: torch.device
-          ) -> dict[str, np.ndarray]:
-    """Embeddings (n, d_model), out-of-domain scores (n,), labels (n, n_labels; standardised
-    as stored, NaN: missing) and pixel inputs (n, npix) of every row of ``data``."""
+def _pass(net: SpecFormer, data: LabelledShards, seed: int, device: torch.device,
+          max_rows: int) -> dict[str, np.ndarray]:
+    """Embeddings (m, d_model), out-of-domain scores (m,), labels (m, n_labels; physical
+    units, NaN: missing) of at most ``max_rows`` rows of ``data`` in a seeded random order,
+    and the pixel inputs (k, npix) and labels (k, n_labels) of the labelled ones among them."""
     import torch
 
-    out: dict[str, list[np.ndarray]] = {"emb": [], "score": [], "y": [], "x": []}
+    out: dict[str, list[np.ndarray]] = {"emb": [], "score": [], "y": [], "x": [], "xy": []}
+    n = 0
     with torch.no_grad():
-        for b in data.batches(0, 256, seed, shuffle=False, drop_last=False):
+        for b in data.batches(0, 256, seed, shuffle=True, drop_last=False):
             flux = torch.from_numpy(b.flux).to(device)
             ivar = torch.from_numpy(b.ivar).to(device)
             out["emb"].append(net.embed(flux, ivar).float().cpu().numpy())
             out["score"].append(net.spectrum_scores(flux, ivar).float().cpu().numpy())
             out["y"].append(b.y)
-            out["x"].append(b.x)
+            labelled = np.isfinite(b.y).any(axis=1)
+            out["x"].append(b.x[labelled])
+            out["xy"].append(b.y[labelled])
+            n += len(b.y)
+            if n >= max_rows:
+                break
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def measure(net: SpecFormer, train_set: LabelledShards, val_set: LabelledShards,
-            labels: Sequence[str], seed: int, device: torch.device) -> dict[str, Any]:
-    """Embedding quality of a trained SpecFormer (eval mode) on its training and validation
-    spectra: ``embed_mean``, ``embed_std`` (d_model,) of the training embeddings (a zero std
-    replaced by 1); ``probe``: per label the validation robust sigma (label units, as the
-    sets' labels are) of ridge probes on the embeddings and on the pixels, the validation
-    labels' spread and the numbers of labelled rows; ``ood_scores``: quantiles
-    (:data:`OOD_QUANTILES`) of the out-of-domain score of the training spectra."""
-    tr, va = _pass(net, train_set, seed, device), _pass(net, val_set, seed, device)
+            labels: Sequence[str], seed: int, device: torch.device,
+            max_rows: int = 50_000) -> dict[str, Any]:
+    """Embedding quality of a trained SpecFormer (eval mode) on (at most ``max_rows`` random
+    rows of each of) its training and validation spectra: ``embed_mean``, ``embed_std``
+    (d_model,) of the training embeddings (a zero std replaced by 1); ``probe``: per label the
+    validation robust sigma (label units) of ridge probes on the embeddings and on the pixels,
+    the validation labels' spread and the numbers of labelled rows; ``ood_scores``: quantiles
+    (:data:`OOD_QUANTILES`) of the out-of-domain score of the validation spectra, which the
+    model did not train on (so a percentile of them flags that fraction of unseen in-domain
+    spectra)."""
+    tr = _pass(net, train_set, seed, device, max_rows)
+    va = _pass(net, val_set, seed, device, max_rows)
     mean = tr["emb"].mean(0)
     std = np.where(tr["emb"].std(0) > 0, tr["emb"].std(0), 1.0)
     probe = {}
@@ -90,9 +101,13 @@ def measure(net: SpecFormer, train_set: LabelledShards, val_set: LabelledShards,
         probe[lab] = {
             "embedding": linear_probe((tr["emb"] - mean) / std, tr["y"][:, i],
                                       (va["emb"] - mean) / std, yv),
-            "pixels": linear_probe(tr["x"], tr["y"][:, i], va["x"], yv),
+            "pixels": linear_probe(tr["x"], tr["xy"][:, i], va["x"], va["xy"][:, i]),
             "spread": float(np.nanstd(yv)),
             "n_train": int(np.isfinite(tr["y"][:, i]).sum()),
             "n_val": int(np.isfinite(yv).sum())}
+    scores = va["score"][np.isfinite(va["score"])]
+    quantiles = (np.quantile(scores, OOD_QUANTILES) if scores.size
+                 else np.full(OOD_QUANTILES.size, np.nan))
     return {"embed_mean": mean.astype(np.float32), "embed_std": std.astype(np.float32),
-            "probe": probe, "ood_scores": np.quantile(tr["score"], OOD_QUANTILES)}
+            "probe": probe, "ood_scores": quantiles,
+            "ood_train_median": float(np.nanmedian(tr["score"]))}

@@ -60,9 +60,13 @@ class Block(nn.Module):
 class SpecFormer(nn.Module):
     def __init__(self, npix: int = 1462, patch_size: int = 20, patch_stride: int = 10,
                  d_model: int = 768, n_layers: int = 6, n_heads: int = 6,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, score_span: int = 40):
         super().__init__()
+        if patch_stride > patch_size:
+            raise ValueError(f"patch_stride {patch_stride} > patch_size {patch_size} would "
+                             "leave pixels in no patch")
         self.npix, self.size, self.stride = npix, patch_size, patch_stride
+        self.score_span = score_span  # the pretraining's mask_span, for spectrum_scores
         self.n_patches = n_patches(npix, patch_size, patch_stride)
         self.pad = (self.n_patches - 1) * patch_stride + patch_size - npix
         self.patch_embed = nn.Linear(patch_size, d_model)
@@ -91,6 +95,7 @@ class SpecFormer(nn.Module):
         use = ivar > 0
         vis = use if hidden is None else use & ~hidden
         w = vis.to(flux.dtype)
+        flux = torch.where(use, flux, torch.zeros_like(flux))  # NaN where ivar = 0 is allowed
         n = w.sum(1, keepdim=True).clamp(min=1)
         mu = (flux * w).sum(1, keepdim=True) / n
         sd = (((flux - mu) ** 2 * w).sum(1, keepdim=True) / n).sqrt().clamp(min=1e-6)
@@ -111,9 +116,10 @@ class SpecFormer(nn.Module):
     def unpatch(self, p: torch.Tensor) -> torch.Tensor:
         """(batch, n_patches, patch_size) -> (batch, npix): each pixel the mean of the patch
         values that cover it (the inverse of :meth:`patches` for consistent patches)."""
+        p = p.float()  # sums in float32 also under bf16 autocast
         out = p.new_zeros(p.shape[0], self.npix + self.pad)
         out.index_add_(1, self.pixel_index, p.reshape(p.shape[0], -1))
-        return (out / self.coverage.to(p.dtype))[:, :self.npix]
+        return (out / self.coverage)[:, :self.npix]
 
     def encode(self, flux: torch.Tensor, ivar: torch.Tensor,
                hidden: torch.Tensor | None = None,
@@ -179,26 +185,27 @@ class SpecFormer(nn.Module):
         return loss, base.detach()
 
     def spectrum_scores(self, flux: torch.Tensor, ivar: torch.Tensor, n_views: int = 4,
-                        span: int = 40) -> torch.Tensor:
+                        span: int | None = None) -> torch.Tensor:
         """(batch,) out-of-domain score: the mean over all usable pixels of the excess squared
         reconstruction error, (pred - x)^2 - 1 / (ivar std^2), in standardised flux units;
         each pixel is hidden in exactly one of ``n_views`` deterministic views (spans of
-        ``span`` pixels, every ``n_views``-th span hidden in a view), so every pixel is
-        reconstructed without being seen. Near 0 for spectra the model knows (errors at the
-        noise level), large for spectra unlike its training set."""
+        ``span`` pixels, default the pretraining's ``score_span``; every ``n_views``-th span
+        hidden in a view), so every pixel is reconstructed without being seen. Near 0 for
+        spectra the model knows (errors at the noise level), large for spectra unlike its
+        training set; NaN for a spectrum without usable pixels."""
         b, npix = flux.shape
-        span_id = torch.arange(npix, device=flux.device) // span
-        num = flux.new_zeros(b)
-        den = flux.new_zeros(b)
+        span_id = torch.arange(npix, device=flux.device) // (span or self.score_span)
+        num = torch.zeros(b, device=flux.device)
+        den = torch.zeros(b, device=flux.device)
         for v in range(n_views):
             hidden = (span_id % n_views == v)[None, :].expand(b, npix)
             pred, x, sd = self.reconstruction(flux, ivar, hidden)
             m = hidden & (ivar > 0)
             noise = torch.where(ivar > 0, 1.0 / (ivar * sd ** 2).clamp(min=1e-12),
                                 torch.zeros_like(x))
-            num += torch.where(m, (pred - x) ** 2 - noise, torch.zeros_like(x)).sum(1)
-            den += m.sum(1).to(x.dtype)
-        return num / den.clamp(min=1)
+            num += torch.where(m, (pred - x) ** 2 - noise, torch.zeros_like(x)).float().sum(1)
+            den += m.sum(1).float()
+        return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, float("nan")))
 
 
 def span_mask(batch: int, npix: int, fraction: float, span: int,

@@ -197,8 +197,9 @@ def _train(job: _Job, net: nn.Module, train_set: LabelledShards, val_set: Labell
     from specbridge.training.supervised import mean_nll, nll_loss_sum, predict_split
 
     ft, tr, seed = job.ft, job.cfg["training"], job.cfg["seed"]
-    settings = LoopSettings(ft["epochs"], ft["lr"], tr["weight_decay"], tr["optimizer"],
-                            ft["patience"], seed, tr.get("schedule", "constant"))
+    settings = LoopSettings.from_config(
+        {**tr, "epochs": ft["epochs"], "lr": ft["lr"], "patience": ft["patience"]}, seed,
+        train_set.n // tr["batch_size"])
 
     def train_batches(epoch: int):
         return train_set.batches(epoch, tr["batch_size"], seed, env.rank, env.world_size,

@@ -94,7 +94,7 @@ def plan(cfg: dict[str, Any], inputs: dict[str, Any], out_dir: Path) -> dict[str
 
 def _ood_settings(ood: dict[str, Any], embeddings: str | None) -> dict[str, Any]:
     """The out-of-domain settings of :func:`specbridge.inference.ood.ood_flags`: the score
-    threshold (the configured percentile of the SpecFormer training spectra's scores, from the
+    threshold (the configured percentile of the held-out LAMOST spectra's scores, from the
     embedding index; None without embeddings or stored scores), the percentile and z_max."""
     threshold = None
     if embeddings:

@@ -155,9 +155,9 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
 
     extra = {"labels": labels, "label_mean": mean, "label_std": std, "model": model,
              "hidden": list(mc["hidden"]), "dropout": mc["dropout"], "npix": npix}
-    net, state = train(net, nll_loss_sum(device), train_batches, validate,
-                       LoopSettings.from_config(tr, seed), _workdir(outputs), env, device,
-                       extra, log)
+    settings = LoopSettings.from_config(tr, seed, train_set.n // tr["batch_size"])
+    net, state = train(net, nll_loss_sum(device), train_batches, validate, settings,
+                       _workdir(outputs), env, device, extra, log)
     if env.is_main:
         sig, spread = _report_mlp(net, val_set, mean, std, labels, device, seed)
         meta = {"labels": labels, "label_mean": mean, "label_std": std,
@@ -198,9 +198,10 @@ def _write(path: str | Path, kind: str, arch: dict[str, Any], net: nn.Module,
 
 
 class _MaskedLoss:
-    """Masked-patch reconstruction loss of a SpecFormer: ``loss_sum`` for the training loop
-    (random masks from torch's global RNG) and ``validate`` (the same masks every epoch, from
-    a generator seeded with ``seed``), which also keeps the patch-mean baseline loss."""
+    """Masked-pixel reconstruction loss of a SpecFormer: ``loss_sum`` for the training loop
+    (random hidden spans from torch's global RNG) and ``validate`` (the same spans every
+    epoch, from a generator seeded with ``seed``), which also keeps the baseline loss
+    (each hidden pixel predicted by its patches' mean of the true hidden values)."""
 
     def __init__(self, npix: int, sc: Mapping[str, Any], val_set: LabelledShards,
                  seed: int, device: torch.device):
@@ -225,8 +226,8 @@ class _MaskedLoss:
         return loss * flux.shape[0], flux.shape[0]
 
     def validate(self, net: nn.Module) -> float:
-        """Mean validation loss per spectrum; sets ``baseline`` (predicting each masked patch
-        by its mean)."""
+        """Mean validation loss per spectrum; sets ``baseline`` (each hidden pixel predicted by
+        its patches' mean of the true hidden values)."""
         import torch
 
         gen = torch.Generator().manual_seed(self.seed)
@@ -303,7 +304,8 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
                      "pixels (label spread %.4g; %d/%d stars)", lab, q["embedding"],
                      q["pixels"], q["spread"], q["n_train"], q["n_val"])
         q = quality["ood_scores"]
-        log.info("out-of-domain score on training spectra: median %.3g, 99th percentile %.3g",
+        log.info("out-of-domain score: median %.3g on training spectra; on validation "
+                 "spectra median %.3g, 99th percentile %.3g", quality["ood_train_median"],
                  q[len(q) // 2], q[int(0.99 * (len(q) - 1))])
         meta = {"embed_mean": quality["embed_mean"], "embed_std": quality["embed_std"],
                 "history": state.history, "val_loss": val, "val_patch_mean_loss": task.baseline,

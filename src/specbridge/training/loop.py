@@ -74,7 +74,7 @@ def make_optimizer(params, s: LoopSettings) -> torch.optim.Optimizer:
 
 def make_scheduler(opt, s: LoopSettings):
     """Learning-rate schedule: ``warmup_cosine`` (per step: linear warm-up over
-    ``s.warmup_epochs``, then cosine decay to 1 % of ``s.lr`` at the last step), ``cosine``
+    ``s.warmup_epochs``, then cosine decay towards 1 % of ``s.lr`` at the end), ``cosine``
     (per epoch, annealing over ``s.epochs``) or constant."""
     if s.schedule == "warmup_cosine":
         import math

@@ -194,7 +194,7 @@ def provenance(cat: dict[str, Any], vac_name: str, config_hash: str
     if ood.get("threshold") is not None:
         cards += [("OODTHR", float(ood["threshold"]), "OOD_SCORE above it: OOD_SPECTRUM"),
                   ("OODPCT", float(ood["percentile"]),
-                   "[%] OODTHR: this percentile of training spectra")]
+                   "[%] OODTHR: this percentile of held-out LAMOST")]
     if ood:
         cards += [("OODZMAX", float(ood["z_max"]), "OOD_LABELS: candidates disagree beyond")]
     for k, dep in enumerate(DEPENDENCIES):
