@@ -2,7 +2,8 @@
 
 
 rule mock_survey:
-    """Generate the labelled mock survey (LAMOST and DESI files, APOGEE-like labels) from MILES."""
+    """Generate the labelled mock survey (LAMOST and DESI files, APOGEE-like labels) from MILES
+    (MPI over files, as many ranks as preprocessing)."""
     output:
         lamost=mock_outputs()["lamost"],
         desi=mock_outputs()["desi"],
@@ -15,15 +16,18 @@ rule mock_survey:
         log_path("mock_survey"),
     benchmark:
         benchmark_path("mock_survey")
-    threads: 1
+    threads: config["preprocess"]["mpi_tasks"]
     resources:
+        mpi="mpiexec",
+        tasks=config["preprocess"]["mpi_tasks"],
         nodes=1,
+        gpu=0,
         runtime=60,
         mem_mb=4000,
     conda:
         "../../envs/specbridge.yaml"
     shell:
-        "specbridge mock --config {params.config} "
+        "{resources.mpi} -n {resources.tasks} specbridge mock --config {params.config} "
         "--lamost-list {output.lamost} --desi-list {output.desi} "
         "--redrock-list {output.redrock} --labels {output.labels} "
         "> {log} 2>&1"

@@ -71,6 +71,8 @@ rule embed:
     params:
         config=CONFIG_FILE,
         settings=stage_settings("embed"),
+        # out-of-domain scores are read for the catalogue (DESI) only
+        ood=lambda wildcards: "" if wildcards.survey == "desi" else "--no-ood-scores",
     log:
         log_path("embed_{survey}"),
     benchmark:
@@ -87,7 +89,8 @@ rule embed:
         "../../envs/specbridge.yaml"
     shell:
         "{resources.mpi} -n {resources.tasks} specbridge embed --config {params.config} "
-        "--model {input.model} --spectra {input.spectra} --output {output} > {log} 2>&1"
+        "--model {input.model} --spectra {input.spectra} --output {output} {params.ood} "
+        "> {log} 2>&1"
 
 
 rule pretrain_emb_mlp:

@@ -12,7 +12,8 @@ def run(args: argparse.Namespace) -> int:
 
     comm, cfg = mpi_stage_config(args)
     return embed.run(cfg, {"model": args.model, "spectra": args.spectra},
-                     {"index": args.output}, comm, force=args.force)
+                     {"index": args.output}, comm, force=args.force,
+                     ood_scores=not args.no_ood_scores)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,4 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spectra", required=True, help="index HDF5 of preprocessed spectra")
     p.add_argument("--output", required=True, help="index HDF5 of embeddings to write")
     p.add_argument("--force", action="store_true", help="recompute shards even if complete")
+    p.add_argument("--no-ood-scores", action="store_true",
+                   help="skip the out-of-domain scores (4 more passes per spectrum; "
+                        "ood_score is NaN)")
     p.set_defaults(func=run)

@@ -56,10 +56,11 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
 
 
 def _pass(net: SpecFormer, data: LabelledShards, seed: int, device: torch.device,
-          max_rows: int) -> dict[str, np.ndarray]:
-    """Embeddings (m, d_model), out-of-domain scores (m,), labels (m, n_labels; physical
-    units, NaN: missing) of at most ``max_rows`` rows of ``data`` in a seeded random order,
-    and the pixel inputs (k, npix) and labels (k, n_labels) of the labelled ones among them."""
+          max_rows: int, scores: bool) -> dict[str, np.ndarray]:
+    """Embeddings (m, d_model), out-of-domain scores (m,; NaN unless ``scores``), labels
+    (m, n_labels; physical units, NaN: missing) of at most ``max_rows`` rows of ``data`` in a
+    seeded random order, and the pixel inputs (k, npix) and labels (k, n_labels) of the
+    labelled ones among them."""
     import torch
 
     out: dict[str, list[np.ndarray]] = {"emb": [], "score": [], "y": [], "x": [], "xy": []}
@@ -69,7 +70,8 @@ def _pass(net: SpecFormer, data: LabelledShards, seed: int, device: torch.device
             flux = torch.from_numpy(b.flux).to(device)
             ivar = torch.from_numpy(b.ivar).to(device)
             out["emb"].append(net.embed(flux, ivar).float().cpu().numpy())
-            out["score"].append(net.spectrum_scores(flux, ivar).float().cpu().numpy())
+            out["score"].append(net.spectrum_scores(flux, ivar).float().cpu().numpy()
+                                if scores else np.full(len(b.y), np.nan, np.float32))
             out["y"].append(b.y)
             labelled = np.isfinite(b.y).any(axis=1)
             out["x"].append(b.x[labelled])
@@ -91,8 +93,8 @@ def measure(net: SpecFormer, train_set: LabelledShards, val_set: LabelledShards,
     (:data:`OOD_QUANTILES`) of the out-of-domain score of the validation spectra, which the
     model did not train on (so a percentile of them flags that fraction of unseen in-domain
     spectra)."""
-    tr = _pass(net, train_set, seed, device, max_rows)
-    va = _pass(net, val_set, seed, device, max_rows)
+    tr = _pass(net, train_set, seed, device, max_rows, scores=False)
+    va = _pass(net, val_set, seed, device, max_rows, scores=True)
     mean = tr["emb"].mean(0)
     std = np.where(tr["emb"].std(0) > 0, tr["emb"].std(0), 1.0)
     probe = {}
@@ -109,5 +111,4 @@ def measure(net: SpecFormer, train_set: LabelledShards, val_set: LabelledShards,
     quantiles = (np.quantile(scores, OOD_QUANTILES) if scores.size
                  else np.full(OOD_QUANTILES.size, np.nan))
     return {"embed_mean": mean.astype(np.float32), "embed_std": std.astype(np.float32),
-            "probe": probe, "ood_scores": quantiles,
-            "ood_train_median": float(np.nanmedian(tr["score"]))}
+            "probe": probe, "ood_scores": quantiles}

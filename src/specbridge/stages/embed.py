@@ -38,9 +38,11 @@ CONFIG_SECTIONS: tuple[str, ...] = ()
 BATCH = 256
 
 
-def plan(model_path: str | Path, spectra_index: str | Path, out_dir: Path) -> list[ShardTask]:
+def plan(model_path: str | Path, spectra_index: str | Path, out_dir: Path,
+         ood_scores: bool = True) -> list[ShardTask]:
     """One task per spectra shard, fingerprinted by that shard's fingerprint, the SpecFormer
-    checkpoint's SHA-256 and the code version (read on rank 0)."""
+    checkpoint's SHA-256, whether scores are computed and the code version (read on rank
+    0)."""
     from specbridge.digest import sha256
     from specbridge.errors import UserError, describe
     from specbridge.io.shards import read_index
@@ -53,7 +55,8 @@ def plan(model_path: str | Path, spectra_index: str | Path, out_dir: Path) -> li
                         ) from None
     fps = input_fingerprints(shards)
     return [ShardTask(i, s["first_row"], s["n"], str(out_dir / f"emb-{i:06d}.h5"),
-                      fingerprint(fp, model_digest, __version__), inputs={"spectra": s["path"]})
+                      fingerprint(fp, model_digest, ood_scores, __version__),
+                      inputs={"spectra": s["path"]})
             for i, (s, fp) in enumerate(zip(shards, fps, strict=True))]
 
 
@@ -74,9 +77,10 @@ def embed_rows(model: Any, flux: np.ndarray, ivar: np.ndarray, usable: np.ndarra
 
 
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
-        comm: Any = None, *, force: bool = False) -> int:
+        comm: Any = None, *, force: bool = False, ood_scores: bool = True) -> int:
     """Embed the spectra of ``inputs['spectra']`` (index HDF5) with the SpecFormer
-    ``inputs['model']``; writes ``outputs['index']`` and ``shards/`` beside it."""
+    ``inputs['model']``, with their out-of-domain scores unless not ``ood_scores`` (then
+    NaN); writes ``outputs['index']`` and ``shards/`` beside it."""
     import time
 
     cfg = declared(cfg, CONFIG_SECTIONS)
@@ -84,11 +88,13 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     out = Path(outputs["index"])
     t0 = time.monotonic()
     tasks = bcast_from_rank0(comm, lambda: plan(inputs["model"], inputs["spectra"],
-                                                out.parent / "shards"))
-    return run_or_abort(comm, log, _run, inputs, out, tasks, comm, log, force, t0)
+                                                out.parent / "shards", ood_scores))
+    return run_or_abort(comm, log, _run, inputs, out, tasks, comm, log, force, t0,
+                        ood_scores)
 
 
-def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float) -> int:
+def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float,
+         ood_scores: bool = True) -> int:
     import time
 
     import torch
@@ -110,7 +116,8 @@ def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float) -> int:
         d = read_shard(task.inputs["spectra"], ("flux", "ivar") + ROW_FIELDS)
         usable = ~flags.is_fatal(d["flags"]) & ((d["ivar"] > 0).sum(1) > 0)
         emb = embed_rows(model, d["flux"], d["ivar"], usable, mean, std)
-        score = spectrum_scores(model, d["flux"], d["ivar"], usable)
+        score = (spectrum_scores(model, d["flux"], d["ivar"], usable) if ood_scores
+                 else np.full(len(usable), np.nan, np.float32))
         return ShardResult({"embedding": emb, "ood_score": score,
                             **{f: d[f] for f in ROW_FIELDS}})
 

@@ -304,9 +304,8 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
                      "pixels (label spread %.4g; %d/%d stars)", lab, q["embedding"],
                      q["pixels"], q["spread"], q["n_train"], q["n_val"])
         q = quality["ood_scores"]
-        log.info("out-of-domain score: median %.3g on training spectra; on validation "
-                 "spectra median %.3g, 99th percentile %.3g", quality["ood_train_median"],
-                 q[len(q) // 2], q[int(0.99 * (len(q) - 1))])
+        log.info("out-of-domain score on validation spectra: median %.3g, 99th percentile "
+                 "%.3g", q[len(q) // 2], q[int(0.99 * (len(q) - 1))])
         meta = {"embed_mean": quality["embed_mean"], "embed_std": quality["embed_std"],
                 "history": state.history, "val_loss": val, "val_patch_mean_loss": task.baseline,
                 "best_epoch": state.best_epoch, "n_excluded_holdout": n_held,
