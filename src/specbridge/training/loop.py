@@ -224,7 +224,9 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
             opt.step()
             if settings.per_step:
                 sched.step()
-            tot += float(loss.detach()) / world
+            # this rank's mean loss per sample (loss is scaled by world for DDP's averaging of
+            # gradients over the ranks, which applies to them only)
+            tot += float(loss.detach()) * float(count) / (world * max(int(cnt), 1))
             nsamp += batch_size_of(batch)
             nbatch += 1
             steps += 1

@@ -1,0 +1,70 @@
+"""The paper's question on the embedded default's test split: is an MLP on SpecFormer embeddings
+as good as the MLP on the spectrum? For each strategy, the ratio of robust sigma (embedding
+candidate / spectrum candidate with the same strategy; ``specformer_lora`` against
+``mlp_lora``) per label, on all test stars and per regime of the reference [Fe/H], with a 95 %
+bootstrap interval over stars (both candidates on the same resampled stars).
+
+    python benchmarks/embedding_vs_spectrum.py [--results results] [--n-boot 1000]
+
+Reads results/evaluation/predictions.h5 (written by ``specbridge evaluate``); prints markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from specbridge.evaluation.bootstrap import bootstrap_interval
+from specbridge.evaluation.metrics import robust_sigma
+from specbridge.splits import SPLIT_CODES
+
+PAIRS = (("emb_mlp_zeroshot", "mlp_zeroshot"), ("emb_mlp_adapter", "mlp_adapter"),
+         ("emb_mlp_lora", "mlp_lora"), ("emb_mlp_full", "mlp_full"),
+         ("specformer_lora", "mlp_lora"))
+
+
+def ratio(a: np.ndarray, b: np.ndarray) -> float:
+    """robust sigma of residuals a over that of residuals b (same rows)."""
+    return robust_sigma(a) / robust_sigma(b)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", default="results", type=Path)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--threshold", type=float, default=-1.0, help="[Fe/H] of the regimes")
+    args = ap.parse_args(argv)
+    with h5py.File(args.results / "evaluation" / "predictions.h5", "r") as h:
+        labels = [v.decode() if isinstance(v, bytes) else str(v) for v in h.attrs["labels"]]
+        test = h["split"][()] == SPLIT_CODES["test"]
+        ref = h["ref"][()][test]
+        star = h["star"][()][test]
+        preds = {k: h[k]["value"][()][test] for k in h if isinstance(h[k], h5py.Group)}
+    feh = ref[:, labels.index("feh")]
+    regimes = {"all": np.ones(len(feh), bool), "[Fe/H] <= -1": feh <= args.threshold,
+               "[Fe/H] > -1": feh > args.threshold}
+    print(f"Test split: {len(feh)} spectra; robust sigma ratio (embedding / spectrum) with its "
+          f"95 % bootstrap interval over stars ({args.n_boot} resamplings)\n")
+    print("| candidate / reference | label | " + " | ".join(regimes) + " |")
+    print("|---|---|" + "---|" * len(regimes))
+    for emb, spec in PAIRS:
+        if emb not in preds or spec not in preds:
+            continue
+        for i, lab in enumerate(labels):
+            cells = []
+            for m in regimes.values():
+                a = preds[emb][m, i] - ref[m, i]
+                b = preds[spec][m, i] - ref[m, i]
+                est, lo, hi = bootstrap_interval(ratio, a, b, groups=star[m],
+                                                 n_boot=args.n_boot, level=0.95, seed=0)
+                cells.append(f"{est:.2f} [{lo:.2f}, {hi:.2f}] (n {int(m.sum())})")
+            print(f"| {emb} / {spec} | {lab} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
