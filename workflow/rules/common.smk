@@ -104,6 +104,11 @@ def embeddings(survey):
     return out("embeddings", survey, "index.h5")
 
 
+def ood_scores_arg(wildcards):
+    """embed's out-of-domain scores are read for the catalogue (DESI) only."""
+    return "" if wildcards.survey == "desi" else "--no-ood-scores"
+
+
 def pretrained(model):
     return out("models", model, "pretrained.pt")
 

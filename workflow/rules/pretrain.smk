@@ -71,8 +71,7 @@ rule embed:
     params:
         config=CONFIG_FILE,
         settings=stage_settings("embed"),
-        # out-of-domain scores are read for the catalogue (DESI) only
-        ood=lambda wildcards: "" if wildcards.survey == "desi" else "--no-ood-scores",
+        ood=ood_scores_arg,
     log:
         log_path("embed_{survey}"),
     benchmark:
