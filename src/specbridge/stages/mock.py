@@ -55,7 +55,7 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
         Path(res["labels"]).replace(labels)
     dt = time.monotonic() - t0
     m = cfg["data"]["mock"]
-    n = m["n_lamost"] + m["n_desi"]
+    n = m["n_lamost"] + m.get("n_lamost_unlabelled", 0) + m["n_desi"]
     log.info("mock survey: %d LAMOST files, %d DESI files (%d spectra) in %.1f s: %.0f "
              "spectra/s", len(res["lamost"]), len(res["desi"]), m["n_desi"], dt, n / dt)
     return 0
