@@ -39,8 +39,11 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
         cfg["data"]["mock"]["n_desi"] = n_desi
     outdir = Path(outputs["lamost_list"]).parent
     t0 = time.monotonic()
-    res = generate(cfg, outdir, comm=comm, progress=Progress("mock", log, unit="batches"),
-                   with_resolution=with_resolution)
+    from specbridge.parallel.mpi import run_or_abort
+
+    # a failure on one rank ends every rank at once (they would wait in generate's gather)
+    res = run_or_abort(comm, log, generate, cfg, outdir, comm,
+                       Progress("mock", log, unit="batches"), with_resolution)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     peaks = comm.gather(peak_mb, root=0) if comm is not None else [peak_mb]
     if comm is not None and comm.rank != 0:
