@@ -305,3 +305,36 @@ def test_tabulate_answers_with_intervals_and_recalibrated_coverage():
     np.testing.assert_allclose(data["mlp_full/error"][:, 0],
                                np.sqrt((calib["scale"][k][0] * data["mlp_full/error_raw"][:, 0])
                                        ** 2 + calib["floor"][k][0] ** 2))
+
+
+def _snr_set(n, rng, slope=0.5):
+    """Predicted errors that ignore S/N, where the true scatter grows as (snr/30)^-slope."""
+    snr = np.exp(rng.uniform(np.log(5), np.log(150), n))
+    err = np.exp(rng.uniform(np.log(0.05), np.log(0.2), n))
+    true = err * (snr / calibration.SNR_REF) ** (-slope)
+    ref = rng.uniform(-2.5, 0.5, n)
+    return ref + rng.normal(0, true), err, ref, snr
+
+
+def test_an_snr_slope_where_the_errors_ignore_snr():
+    rng = np.random.default_rng(9)
+    pred, err, ref, snr = _snr_set(4000, rng)
+    got = calibration.fit(pred, err, ref, None, snr)
+    assert got["snr_slope"] == pytest.approx(0.5, abs=0.1)
+    assert got["floor"] == 0.0
+    pred, err, ref, snr = _snr_set(4000, rng)  # an independent test set
+    z = np.abs(pred - ref) / calibration.apply(err, got["scale"], got["floor"],
+                                               got["snr_slope"], snr)
+    for m in (snr < 15, snr > 60):   # coverage holds at low and at high S/N
+        assert np.mean(z[m] < 1) == pytest.approx(0.683, abs=0.04)
+    # a scale alone covers the low-S/N stars far less than 68 %
+    alone = calibration.fit(pred, err, ref, None, None)
+    z0 = np.abs(pred - ref) / calibration.apply(err, alone["scale"], alone["floor"])
+    assert np.mean(z0[snr < 15] < 1) < 0.55
+
+
+def test_no_snr_slope_where_the_errors_follow_snr():
+    rng = np.random.default_rng(10)
+    pred, err, ref, snr = _snr_set(3000, rng, slope=0.0)
+    got = calibration.fit(pred, err, ref, None, snr)
+    assert got["snr_slope"] == 0.0 and got["scale"] == pytest.approx(1.0, rel=0.05)

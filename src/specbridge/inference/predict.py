@@ -145,7 +145,7 @@ def predict_all(cands: Sequence[Candidate], inputs: dict[str, np.ndarray],
 def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Sequence[str],
                   selection: Mapping[tuple[str, str], str], routing: Mapping[str, Any],
                   batch_size: int,
-                  calibration: Mapping[tuple[str, str], tuple[float, float]] | None = None
+                  calibration: Mapping[tuple[str, str], Sequence[float]] | None = None
                   ) -> tuple[dict[str, np.ndarray], Counter]:
     """Arrays of one prediction shard (docs/datamodel/predictions.md) and the count of
     spectra that got no prediction, by reason.
@@ -153,10 +153,11 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
     ``shard``: an entry of :func:`paired_shards`; ``selection[(label, regime)]``: candidate
     name; ``routing``: 'router', 'threshold', 'blend_width', and optionally 'blend' (see
     :func:`specbridge.inference.routing.route`; default: linear if blend_width > 0 else
-    hard) and 'router_passes' (1); ``calibration``: {(candidate, label): (scale, floor)}
-    (:mod:`specbridge.evaluation.calibration`): each candidate's errors are recalibrated
-    before routing, and stored so. Each candidate predicts the rows
-    usable for its own input kind, so a star with a non-finite embedding keeps the values of
+    hard) and 'router_passes' (1); ``calibration``: {(candidate, label): (scale, floor,
+    snr_slope)} (:mod:`specbridge.evaluation.calibration`): each candidate's errors are
+    recalibrated at the spectrum's S/N before routing, and stored so. Each candidate
+    predicts the rows usable for its own input kind, so a star with a non-finite embedding
+    keeps the values of
     the candidates on the spectra. Flags added to the input flags: ``NOT_ROUTED`` (not
     fatal) where the router gave no [Fe/H] but some label got a value (see
     :func:`specbridge.inference.routing.route`); ``PREDICTION_FAILED`` where a spectrum
@@ -167,7 +168,7 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
     from specbridge.inference.routing import route_passes
 
     d = read_inputs(shard, {c.feature for c in cands})
-    preds = apply_all(predict_all(cands, d, batch_size), list(labels), calibration)
+    preds = apply_all(predict_all(cands, d, batch_size), list(labels), calibration, d["snr"])
     names = [c.name for c in cands]
     r = route_passes(preds, names, list(labels), selection, routing["router"],
                      routing["threshold"], routing["blend_width"], routing.get("blend"),

@@ -110,7 +110,7 @@ def recalibrate(data: dict[str, np.ndarray], labels: list[str], names: list[str]
         raw = data[f"{n}/error"]
         data[f"{n}/error_raw"] = raw
         data[f"{n}/error"] = calibration.apply_all({n: (data[f"{n}/value"], raw)}, labels,
-                                                   cal)[n][1]
+                                                   cal, data.get("snr"))[n][1]
     return table
 
 

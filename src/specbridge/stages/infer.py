@@ -40,7 +40,7 @@ CONFIG_SECTIONS = ("evaluation", "inference")
 def plan(cfg: dict[str, Any], inputs: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """What every rank needs (read on rank 0): the tasks, the selection mapping, the routing
     settings (router: the configured one, or for 'auto' the selection table's), the error
-    recalibration ({(candidate, label): (scale, floor)}; empty without
+    recalibration ({(candidate, label): (scale, floor, snr_slope)}; empty without
     ``inputs['calibration']``) and the checkpoints' digests."""
     from astropy.table import Table
 
