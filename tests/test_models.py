@@ -56,6 +56,28 @@ def test_specformer_shapes_and_masked_loss():
     assert m.blocks[0].qkv.weight.grad is not None
 
 
+def test_region_pooled_embedding_keeps_where_the_tokens_are():
+    torch.manual_seed(0)
+    kw = {"npix": 1462, "patch_size": 20, "patch_stride": 10, "d_model": 16, "n_layers": 1,
+          "n_heads": 2}
+    one = SpecFormer(**kw).eval()
+    pooled = SpecFormer(**kw, pool_regions=5).eval()
+    pooled.load_state_dict(one.state_dict())
+    flux, ivar = 1 + 0.1 * torch.randn(2, 1462), torch.full((2, 1462), 100.0)
+    with torch.no_grad():
+        tokens, _, _ = one.encode(flux, ivar)
+        e1, e5 = one.embed(flux, ivar), pooled.embed(flux, ivar)
+    assert e1.shape == (2, 16) and e5.shape == (2, 80) and pooled.embed_dim == 80
+    # 146 tokens in regions of 30, 29, 29, 29, 29, blue to red
+    torch.testing.assert_close(e5[:, :16], tokens[:, :30].mean(1))
+    torch.testing.assert_close(e5[:, -16:], tokens[:, -29:].mean(1))
+    # the regions' token-weighted mean is the plain mean
+    sizes = torch.tensor([30.0, 29, 29, 29, 29])
+    torch.testing.assert_close((e5.reshape(2, 5, 16) * sizes[:, None]).sum(1) / 146, e1)
+    with pytest.raises(ValueError, match="pool_regions"):
+        SpecFormer(**kw, pool_regions=147)
+
+
 @pytest.mark.parametrize("fraction,span", [(0.3, 40), (0.15, 20), (0.5, 30), (0.3, 7)])
 def test_span_mask_reaches_the_configured_fraction(fraction, span):
     mask = span_mask(64, 1462, fraction, span, torch.Generator().manual_seed(3))

@@ -109,6 +109,12 @@ def ood_scores_arg(wildcards):
     return "" if wildcards.survey == "desi" else "--no-ood-scores"
 
 
+def training_threads():
+    """Cores a local training job reserves: its DDP ranks times each rank's threads."""
+    t = config["training"]
+    return t["ddp_tasks"] * t["threads_per_task"]
+
+
 def pretrained(model):
     return out("models", model, "pretrained.pt")
 

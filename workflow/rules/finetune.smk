@@ -15,7 +15,7 @@ rule finetune:
         log_path("finetune_{model}_{strategy}"),
     benchmark:
         benchmark_path("finetune_{model}_{strategy}")
-    threads: config["training"]["ddp_tasks"]
+    threads: training_threads()
     resources:
         mpi="mpiexec",
         tasks=config["training"]["ddp_tasks"],

@@ -15,7 +15,7 @@ rule pretrain_mlp:
         log_path("pretrain_mlp"),
     benchmark:
         benchmark_path("pretrain_mlp")
-    threads: config["training"]["ddp_tasks"]
+    threads: training_threads()
     resources:
         mpi="mpiexec",
         tasks=config["training"]["ddp_tasks"],
@@ -45,7 +45,7 @@ rule pretrain_specformer:
         log_path("pretrain_specformer"),
     benchmark:
         benchmark_path("pretrain_specformer")
-    threads: config["training"]["ddp_tasks"]
+    threads: training_threads()
     resources:
         mpi="mpiexec",
         tasks=config["training"]["ddp_tasks"],
@@ -107,7 +107,7 @@ rule pretrain_emb_mlp:
         log_path("pretrain_emb_mlp"),
     benchmark:
         benchmark_path("pretrain_emb_mlp")
-    threads: config["training"]["ddp_tasks"]
+    threads: training_threads()
     resources:
         mpi="mpiexec",
         tasks=config["training"]["ddp_tasks"],

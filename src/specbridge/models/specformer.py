@@ -60,7 +60,7 @@ class Block(nn.Module):
 class SpecFormer(nn.Module):
     def __init__(self, npix: int = 1462, patch_size: int = 20, patch_stride: int = 10,
                  d_model: int = 768, n_layers: int = 6, n_heads: int = 6,
-                 dropout: float = 0.0, score_span: int = 40):
+                 dropout: float = 0.0, score_span: int = 40, pool_regions: int = 1):
         super().__init__()
         if patch_stride > patch_size:
             raise ValueError(f"patch_stride {patch_stride} > patch_size {patch_size} would "
@@ -68,6 +68,11 @@ class SpecFormer(nn.Module):
         self.npix, self.size, self.stride = npix, patch_size, patch_stride
         self.score_span = score_span  # the pretraining's mask_span, for spectrum_scores
         self.n_patches = n_patches(npix, patch_size, patch_stride)
+        if not 1 <= pool_regions <= self.n_patches:
+            raise ValueError(f"pool_regions {pool_regions} must be 1 to {self.n_patches} (the "
+                             "patch tokens)")
+        self.pool_regions = pool_regions
+        self.embed_dim = pool_regions * d_model
         self.pad = (self.n_patches - 1) * patch_stride + patch_size - npix
         self.patch_embed = nn.Linear(patch_size, d_model)
         self.stats_embed = nn.Linear(2, d_model)
@@ -145,9 +150,15 @@ class SpecFormer(nn.Module):
         return out[:, 1:], x, sd
 
     def embed(self, flux: torch.Tensor, ivar: torch.Tensor) -> torch.Tensor:
-        """(batch, d_model) mean over output patch tokens (not standardised here)."""
+        """(batch, embed_dim = pool_regions x d_model) the means of the output patch tokens
+        over ``pool_regions`` contiguous wavelength regions (as equal in tokens as can be),
+        blue to red, concatenated; one region is the plain mean over all tokens. Not
+        standardised here."""
         out, _, _ = self.encode(flux, ivar)
-        return out.mean(dim=1)
+        if self.pool_regions == 1:
+            return out.mean(dim=1)
+        return torch.cat([r.mean(dim=1) for r in out.tensor_split(self.pool_regions, dim=1)],
+                         dim=1)
 
     def forward(self, flux: torch.Tensor, ivar: torch.Tensor, hidden: torch.Tensor,
                 ) -> tuple[torch.Tensor, torch.Tensor]:

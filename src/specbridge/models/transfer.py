@@ -166,8 +166,11 @@ def architecture(base_extra: dict[str, Any], strategy: str, adapter_width: int) 
 def specformer_architecture(sf_extra: dict[str, Any], head_extra: dict[str, Any]) -> dict:
     """Architecture of the SpecFormer + embedding-MLP candidate."""
     keys = ("npix", "patch_size", "patch_stride", "d_model", "n_layers", "n_heads")
-    return {"kind": "specformer", "specformer": {k: int(sf_extra[k]) for k in keys},
-            "head": architecture(head_extra, "lora", 0), "embed_dim": int(sf_extra["d_model"])}
+    sf = {k: int(sf_extra[k]) for k in keys}
+    sf["pool_regions"] = int(sf_extra.get("pool_regions", 1))
+    return {"kind": "specformer", "specformer": sf,
+            "head": architecture(head_extra, "lora", 0),
+            "embed_dim": sf["pool_regions"] * sf["d_model"]}
 
 
 def build_servable(arch: dict[str, Any]) -> nn.Module:
