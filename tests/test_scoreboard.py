@@ -186,3 +186,33 @@ def test_datamodel_page_lists_every_column(repo):
     page = (repo / "docs" / "datamodel" / "scoreboard.md").read_text()
     for name, *_ in scoreboard.COLUMNS:
         assert f"| `{name}` |" in page, name
+
+
+def test_few_label_calibration_removes_the_offset_to_its_known_precision():
+    from specbridge.evaluation import few_label
+
+    rng = np.random.default_rng(3)
+    n, sigma, bias = 400, 0.12, -0.2
+    stars = np.repeat(np.arange(n), 2)           # two visits a star, the same residual
+    resid = (bias + rng.normal(0, sigma, n))[stars]
+    for n_cal in (5, 20):
+        got = few_label.draws(resid, stars, n_cal, n_draw=400, seed=1)
+        # the offset is the median of n_cal stars: unbiased, spread 1.2533 sigma / sqrt(n_cal)
+        assert np.median(got["bias"]) == pytest.approx(0.0, abs=0.3 * sigma / np.sqrt(n_cal))
+        lo, hi = np.percentile(got["bias"], [16, 84])
+        assert (hi - lo) / 2 == pytest.approx(1.2533 * sigma / np.sqrt(n_cal), rel=0.3)
+        assert np.median(got["sigma"]) == pytest.approx(sigma, rel=0.1)
+    # too few stars: nothing to hold out
+    assert few_label.draws(resid[:10], stars[:10], 5)["bias"].size == 0
+
+
+def test_scoreboard_carries_the_few_label_calibration(board):
+    t, out, _, _ = board
+    rows = t.meta["few_label"]
+    big = [r for r in rows if r["set"] == "big" and r["label"] == "feh"]
+    assert [r["n_cal"] for r in big] == [5, 10, 20]
+    for r in big:
+        assert r["bias_before"] == pytest.approx(BIAS["feh"], abs=0.03)
+        assert abs(r["bias_after"]) < abs(r["bias_before"]) / 4
+    assert not [r for r in rows if r["set"] == "tiny"]   # 4 stars: too few to hold out
+    assert "## Calibration on a few real labels" in out["markdown"].read_text()

@@ -157,8 +157,8 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
     snr_slope)} (:mod:`specbridge.evaluation.calibration`): each candidate's errors are
     recalibrated at the spectrum's S/N before routing, and stored so. Each candidate
     predicts the rows usable for its own input kind, so a star with a non-finite embedding
-    keeps the values of the candidates on the spectra. Flags added to the input flags: ``NOT_ROUTED`` (not
-    fatal) where the router gave no [Fe/H] but some label got a value (see
+    keeps the values of the candidates on the spectra. Flags added to the input flags:
+    ``NOT_ROUTED`` (not fatal) where the router gave no [Fe/H] but some label got a value (see
     :func:`specbridge.inference.routing.route`); ``PREDICTION_FAILED`` where a spectrum
     without a fatal flag got no label at all. A row with some labels NaN and others
     present is not flagged as failed."""

@@ -13,7 +13,8 @@ file. ``arch`` and ``meta`` hold JSON-able values (numpy arrays become lists). K
   (physical units), ``history``, ``best_epoch``, ``val_robust_sigma``, ``val_label_spread``.
 * ``specformer``: arch ``npix``, ``patch_size``, ``patch_stride``, ``d_model``, ``n_layers``,
   ``n_heads`` (+ the rest of its config section, e.g. ``pool_regions``); meta
-  ``embed_mean``, ``embed_std`` (pool_regions x d_model,), ``history``, ``best_epoch``, ``val_loss``, ``val_patch_mean_loss``.
+  ``embed_mean``, ``embed_std`` (pool_regions x d_model,), ``history``, ``best_epoch``,
+  ``val_loss``, ``val_patch_mean_loss``.
 * ``candidate``: the servable fine-tuned module (see :mod:`specbridge.models.transfer`);
   arch as ``transfer.architecture`` / ``specformer_architecture``; meta ``candidate``,
   ``model``, ``strategy``, ``feature``, ``labels``, ``label_mean``, ``label_std`` and the

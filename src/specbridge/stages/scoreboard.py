@@ -224,6 +224,9 @@ def scoreboard_markdown(t: Any) -> str:
     ood = ood_markdown(t.meta.get("sets", []))
     if ood:
         out += ["## Out-of-domain flags", "", ood, ""]
+    few = few_label_markdown(t.meta.get("few_label", []))
+    if few:
+        out += ["## Calibration on a few real labels", "", few, ""]
     if len(rest):
         out += ["## By S/N bin and regime", "", markdown(rest), ""]
     return "\n".join(out)
@@ -251,6 +254,38 @@ def ood_markdown(sets: Sequence[dict[str, Any]]) -> str:
     return head + "\n" + "\n".join(rows)
 
 
+def few_label_rows(name: str, t: Any, seed: int = SEED) -> list[dict[str, Any]]:
+    """Rows of :mod:`specbridge.evaluation.few_label` for one real-set table ``t``: every
+    label with reference and prediction columns, the set's stars as units."""
+    from specbridge.evaluation import few_label
+    from specbridge.labels import LABEL_NAMES, column, unit
+
+    resid = {lab: (_float(t, f"{column(lab)}_PRED") - _float(t, f"{column(lab)}_REF"),
+                   unit(lab))
+             for lab in LABEL_NAMES
+             if {f"{column(lab)}_REF", f"{column(lab)}_PRED"} <= set(t.colnames)}
+    return few_label.set_rows(name, resid, star_ids(t), seed=seed)
+
+
+def few_label_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of the few-label calibration rows ('' without rows)."""
+    if not rows:
+        return ""
+    head = ("The offset of the pretrained MLP on each real set, taken as the median residual of "
+            "n_cal stars drawn at random and subtracted from the others' predictions "
+            f"({rows[0]['n_draw']} draws): the held-out bias (median over draws, in brackets "
+            "the 16th-84th percentiles), the typical |bias| left and the held-out robust "
+            "sigma, against the uncalibrated bias and sigma of the whole set.\n\n"
+            "| set | label | unit | stars | bias before | sigma before | n_cal | bias after "
+            "| abs bias after | sigma after |\n|---|---|---|---|---|---|---|---|---|---|")
+    body = [f"| {r['set']} | {r['label']} | {r['unit']} | {r['n_stars']} | "
+            f"{_fmt(r['bias_before'])} | {_fmt(r['sigma_before'])} | {r['n_cal']} | "
+            f"{_fmt(r['bias_after'])} [{_fmt(r['bias_after_lo'])}, "
+            f"{_fmt(r['bias_after_hi'])}] | {_fmt(r['abs_bias_after'])} | "
+            f"{_fmt(r['sigma_after'])} |" for r in rows]
+    return head + "\n" + "\n".join(body)
+
+
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
         comm: Any = None, *, n_boot: int = N_BOOT, level: float = LEVEL,
         seed: int = SEED) -> int:
@@ -263,16 +298,18 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     ev = cfg["evaluation"]
     edges = [float(e) for e in ev["snr_bins"]]
     threshold = float(ev["feh_threshold"])
-    rows, sets = [], []
+    rows, sets, few = [], [], []
     for path in inputs.get("real") or []:
         name, t = read_real_table(path)
         rows += set_rows(name, t, edges, threshold, n_boot=n_boot, level=level, seed=seed)
+        few += few_label_rows(name, t, seed)
         sets.append({"name": name, "table": str(path), "n_spectra": len(t),
                      "reference": str(t.meta.get("reference", "")),
                      "model": str(t.meta.get("model", "")), "ood": t.meta.get("ood")})
     meta = {"title": "real labelled spectra: scoreboard", "level": level, "n_boot": n_boot,
             "seed": seed, "min_n": MIN_N, "feh_threshold": threshold, "snr_bins": edges,
-            "star_id": STAR_ID, "sets": sets, "specbridge_version": __version__,
+            "star_id": STAR_ID, "sets": sets, "few_label": few,
+            "specbridge_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds")}
     table = scoreboard_table(rows, meta)
