@@ -173,6 +173,7 @@ def test_report_section_and_cli(board, tmp_path):
     text = "\n".join(scoreboard_section(t))
     assert "<h2>Real labelled spectra: scoreboard</h2>" in text and "<table>" in text
     assert "<td>big</td><td>feh</td><td>dex</td><td>1440</td>" in text
+    assert "<h3>Calibration on a few real labels</h3>" in text
     assert scoreboard_section(None) == []
     assert "<h3>big: synthetic big</h3>" in "\n".join(real_sections([tmp_path / "big.ecsv"],
                                                                       tmp_path))

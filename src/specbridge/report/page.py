@@ -51,7 +51,7 @@ def real_sections(tables: list[str], report_dir: Path) -> list[str]:
 def scoreboard_section(board: Any) -> list[str]:
     """HTML of the real-data scoreboard (astropy Table of the scoreboard stage; None: no
     section): the whole-set rows, then the cells by S/N bin and regime."""
-    from specbridge.stages.scoreboard import display_tables, intro
+    from specbridge.stages.scoreboard import FEW_LABEL_INTRO, display_tables, few_label_table, intro
 
     if board is None:
         return []
@@ -60,6 +60,10 @@ def scoreboard_section(board: Any) -> list[str]:
         return parts + ["<p>No real labelled set was found on this machine.</p>"]
     top, rest = display_tables(board)
     parts.append(table_html(top))
+    few = board.meta.get("few_label") or []
+    if few:
+        parts += ["<h3>Calibration on a few real labels</h3>",
+                  f"<p>{html.escape(FEW_LABEL_INTRO)}</p>", table_html(few_label_table(few))]
     if len(rest):
         parts += ["<h3>By S/N bin and [Fe/H] regime</h3>", table_html(rest)]
     return parts

@@ -267,23 +267,35 @@ def few_label_rows(name: str, t: Any, seed: int = SEED) -> list[dict[str, Any]]:
     return few_label.set_rows(name, resid, star_ids(t), seed=seed)
 
 
+FEW_LABEL_INTRO = ("The offset of the pretrained MLP on each real set, taken as the median "
+                   "residual of n_cal stars drawn at random and subtracted from the other stars' "
+                   "predictions: the held-out bias (median over the draws, in brackets the "
+                   "16th-84th percentiles), the typical |bias| left and the held-out robust "
+                   "sigma, against the uncalibrated bias and sigma of the whole set.")
+
+
+def few_label_table(rows: Sequence[dict[str, Any]]) -> Any:
+    """Astropy Table of strings of the few-label calibration rows, for reading."""
+    from astropy.table import Table
+
+    names = ["set", "label", "unit", "stars", "bias before", "sigma before", "n_cal",
+             "bias after [16-84 %]", "|bias| after", "sigma after"]
+    body = [[str(r["set"]), str(r["label"]), str(r["unit"]), str(r["n_stars"]),
+             _fmt(r["bias_before"]), _fmt(r["sigma_before"]), str(r["n_cal"]),
+             f"{_fmt(r['bias_after'])} [{_fmt(r['bias_after_lo'])}, "
+             f"{_fmt(r['bias_after_hi'])}]", _fmt(r["abs_bias_after"]),
+             _fmt(r["sigma_after"])] for r in rows]
+    return Table(rows=body or None, names=names, dtype=["U64"] * len(names))
+
+
 def few_label_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table of the few-label calibration rows ('' without rows)."""
+    """Markdown of the few-label calibration rows ('' without rows)."""
+    from specbridge.evaluation.tables import markdown
+
     if not rows:
         return ""
-    head = ("The offset of the pretrained MLP on each real set, taken as the median residual of "
-            "n_cal stars drawn at random and subtracted from the others' predictions "
-            f"({rows[0]['n_draw']} draws): the held-out bias (median over draws, in brackets "
-            "the 16th-84th percentiles), the typical |bias| left and the held-out robust "
-            "sigma, against the uncalibrated bias and sigma of the whole set.\n\n"
-            "| set | label | unit | stars | bias before | sigma before | n_cal | bias after "
-            "| abs bias after | sigma after |\n|---|---|---|---|---|---|---|---|---|---|")
-    body = [f"| {r['set']} | {r['label']} | {r['unit']} | {r['n_stars']} | "
-            f"{_fmt(r['bias_before'])} | {_fmt(r['sigma_before'])} | {r['n_cal']} | "
-            f"{_fmt(r['bias_after'])} [{_fmt(r['bias_after_lo'])}, "
-            f"{_fmt(r['bias_after_hi'])}] | {_fmt(r['abs_bias_after'])} | "
-            f"{_fmt(r['sigma_after'])} |" for r in rows]
-    return head + "\n" + "\n".join(body)
+    return (f"{FEW_LABEL_INTRO} {rows[0]['n_draw']} draws.\n\n"
+            + markdown(few_label_table(rows)))
 
 
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
