@@ -102,7 +102,12 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     log = rank0_logger("specbridge.manifest", comm)
     rank, size = comm_rank_size(comm)
     t0 = time.monotonic()
-    files, redshift_files = bcast_from_rank0(comm, lambda: input_files(cfg, survey, inputs))
+
+    def resolve() -> tuple[list[str], list[str], list[float]]:  # globs and stats: rank 0 only
+        files, redshift_files = input_files(cfg, survey, inputs)
+        return files, redshift_files, file_weights(survey, files)
+
+    files, redshift_files, weights = bcast_from_rank0(comm, resolve)
     if not files and rank == 0:
         log.warning("no %s files given (config data.%s.files is empty)", survey, survey)
     label_cfg = cfg["data"]["labels"]
@@ -117,11 +122,11 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     selection = bcast_from_rank0(comm, lambda: Selection.from_config(cfg["selection"]))
     zlookup = bcast_from_rank0(comm, lambda: desi.redshift_lookup(redshift_files)
                                if redshift_files else None)
-    return run_or_abort(comm, log, _scan_and_write, cfg, survey, files, zlookup,
+    return run_or_abort(comm, log, _scan_and_write, cfg, survey, files, weights, zlookup,
                         held.get("labels"), selection, outputs, comm, log, t0)
 
 
-def _scan_and_write(cfg: dict[str, Any], survey: str, files: list[str],
+def _scan_and_write(cfg: dict[str, Any], survey: str, files: list[str], weights: list[float],
                     zlookup: dict[int, tuple[float, float, int, str]] | None,
                     labels: LabelTable | None, selection: Selection,
                     outputs: dict[str, Any], comm: Any, log: logging.Logger,
@@ -133,7 +138,7 @@ def _scan_and_write(cfg: dict[str, Any], survey: str, files: list[str],
     t_scan = time.monotonic()
     parts = map_gather(f"manifest {survey}", files,
                        lambda path: scan_file(survey, path, zlookup, grid), comm, log,
-                       weights=file_weights(survey, files), unit="files")
+                       weights=weights, unit="files")
     dt_scan = time.monotonic() - t_scan
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     peaks = comm.gather(peak_mb, root=0) if comm is not None else [peak_mb]
