@@ -435,3 +435,25 @@ def test_map_gather_order_and_abort_over_ranks(tmp_path, tool_env, mpiexec):
                          capture_output=True, text=True, env=tool_env, timeout=120)
     assert bad.returncode != 0 and "RESULT" not in bad.stdout
     assert "demo: file 4 (4) failed" in bad.stderr and "aborting the MPI job" in bad.stderr
+
+
+def test_map_gather_one_process_and_old_manifests(tmp_path):
+    """Without MPI, map_gather is the plain map; a failing item is one line naming it. A
+    manifest written before the target-bit columns still reads (bits 0)."""
+    from specbridge.parallel.executor import ShardError, map_gather
+
+    def only_short(x: str) -> int:
+        if len(x) > 1:
+            raise OSError(f"no {x}")
+        return len(x)
+
+    assert map_gather("t", ["a", "bb", "ccc"], len, weights=[3, 1, 2]) == [1, 2, 3]
+    with pytest.raises(ShardError, match=r"t: file 1 \(bb\) failed: .*no bb"):
+        map_gather("t", ["a", "bb"], only_short, unit="files")
+    rows = build_manifest("lamost", [str(tmp_path / "missing.fits")])
+    old = rows[[n for n in rows.dtype.names if n not in ("DESI_TARGET", "MWS_TARGET")]]
+    fitsio.write(str(tmp_path / "old.fits"), np.array(old.tolist(), dtype=[
+        (n, "S256" if old.dtype[n].kind == "U" else old.dtype[n]) for n in old.dtype.names]),
+        extname="MANIFEST")
+    back = read_manifest(tmp_path / "old.fits")
+    assert back["DESI_TARGET"].tolist() == [0] and back["FILE"][0] == rows["FILE"][0]

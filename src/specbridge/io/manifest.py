@@ -390,10 +390,14 @@ def write_manifest(path: str | Path, rows: np.ndarray, meta: dict[str, Any] | No
 
 
 def read_manifest(path: str | Path) -> np.ndarray:
-    """Manifest rows as a structured array with the dtype :data:`DTYPE` (strings as str)."""
+    """Manifest rows as a structured array with the dtype :data:`DTYPE` (strings as str). A
+    column that a manifest of an earlier version lacks (DESI_TARGET, MWS_TARGET) takes its
+    neutral value (:func:`empty_rows`)."""
     data = fitsio.read(str(path), ext="MANIFEST")
-    rows = np.zeros(len(data), dtype=DTYPE)
+    rows = empty_rows(len(data))
     for name in DTYPE.names:
+        if name not in data.dtype.names:
+            continue
         col = data[name]
         if DTYPE[name].kind == "U":
             col = np.char.strip(col.astype(DTYPE[name]))
