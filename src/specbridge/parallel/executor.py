@@ -246,8 +246,9 @@ def map_gather(stage: str, items: Sequence[Any], compute: Callable[[Any], Any],
     rank 0 logs progress in ``unit`` for the whole job with rate and ETA; an exception in
     ``compute`` raises :class:`ShardError` naming the stage and the item (under several ranks
     the caller's :func:`specbridge.parallel.mpi.run_or_abort` aborts every rank). Returns the
-    list of results on rank 0, None elsewhere. The results travel pickled through one
-    ``gather``: meant for results far smaller than the inputs (manifest rows of files).
+    list of results on rank 0, None elsewhere. The results travel through one gather with
+    pickle protocol 5 (``mpi4py.util.pkl5``: NumPy buffers out of band, messages over 2 GiB
+    allowed); they must fit in rank 0's memory together (manifest rows of files).
     """
     log = log or logging.getLogger(f"specbridge.{stage}")
     rank, size = comm_rank_size(comm)
@@ -264,7 +265,12 @@ def map_gather(stage: str, items: Sequence[Any], compute: Callable[[Any], Any],
         progress.step(1)
         kill_point(stage, rank, k + 1)
     progress.finish()
-    everyone = comm.gather(mine, root=0) if comm is not None else [mine]
+    if comm is not None:
+        from mpi4py.util import pkl5
+
+        everyone = pkl5.Intracomm(comm).gather(mine, root=0)
+    else:
+        everyone = [mine]
     if rank != 0:
         return None
     out: list[Any] = [None] * len(items)
