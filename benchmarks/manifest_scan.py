@@ -1,6 +1,12 @@
 """Manifest scan rate over >= 10,000 files, built from the real files in ../shared/data.
 
     python benchmarks/manifest_scan.py [--n-files 10000] [--shared ../shared/data]
+    python benchmarks/manifest_scan.py --ranks 1 2 [--n-files 4000]   # the MPI stage
+
+Without ``--ranks``: build_manifest in this process. With ``--ranks``: ``mpiexec -n R
+specbridge manifest --files-from LIST`` (the stage as the rule runs it, embedded default config)
+for each R; its log gives the scan time (the files spread over the ranks, gathered on rank 0),
+the wall time includes start-up, the selection, cross-match and the write.
 
 Each survey's file set is N symbolic links cycling over the real files (LAMOST: 301 spectra in
 both layouts, gzipped and plain; DESI: the 7 coadd/spectra files, 1-25 spectra each), so the
@@ -12,6 +18,9 @@ specbridge controls, not the filesystem's.
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -29,14 +38,47 @@ def linked_files(sources: list[Path], n: int, folder: Path) -> list[str]:
     return out
 
 
+def run_stage(survey: str, files: list[str], ranks: int, folder: Path) -> tuple[float, float]:
+    """(wall s, scan s) of ``mpiexec -n ranks specbridge manifest`` over ``files``."""
+    listing = folder / f"{survey}_files.txt"
+    listing.write_text("".join(f"{f}\n" for f in files))
+    config = Path(__file__).resolve().parents[1] / "config.yaml"
+    cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), "specbridge", "manifest",
+           "--config", str(config), "--survey", survey, "--files-from", str(listing),
+           "--output", str(folder / f"{survey}_{ranks}.fits")]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+    scan = float(re.search(r"\(scan ([0-9.]+) s", r.stderr).group(1))
+    return wall, scan
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-files", type=int, default=10000)
     ap.add_argument("--shared", type=Path,
                     default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    ap.add_argument("--ranks", type=int, nargs="+",
+                    help="run the MPI stage with these rank counts instead")
     args = ap.parse_args()
     lamost = sorted(p for p in (args.shared / "lamost").glob("*/*") if ".fits" in p.name)
     desi = sorted(p for p in (args.shared / "desi").glob("*.fits") if "redrock" not in p.name)
+    if args.ranks:
+        print(f"{'survey':8s} {'files':>7s} {'ranks':>5s} {'wall s':>7s} {'scan s':>7s} "
+              f"{'files/s':>8s} {'per rank':>8s}")
+        with tempfile.TemporaryDirectory() as tmp:
+            for survey, sources in (("lamost", lamost), ("desi", desi)):
+                d = Path(tmp) / survey
+                d.mkdir()
+                files = linked_files(sources, args.n_files, d)
+                build_manifest(survey, files[: len(sources)])  # warm the page cache
+                for n in args.ranks:
+                    wall, scan = run_stage(survey, files, n, d)
+                    print(f"{survey:8s} {len(files):7d} {n:5d} {wall:7.1f} {scan:7.1f} "
+                          f"{len(files) / scan:8.0f} {len(files) / scan / n:8.0f}", flush=True)
+        return
     print(f"{'survey':8s} {'files':>7s} {'spectra':>8s} {'seconds':>8s} {'files/s':>8s} "
           f"{'spectra/s':>10s}")
     with tempfile.TemporaryDirectory() as tmp:

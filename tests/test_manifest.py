@@ -304,3 +304,156 @@ def test_manifest_cli(shared_data, tmp_path, tool_env):
     assert "UNREADABLE_FILE" in names(rows[rows["FILE"] == str(tmp_path / "missing.fits")]
                                       ["FLAGS"][0])
     assert "files/s" in r.stderr
+
+
+# ---- the manifest under MPI: 2 ranks write what one process writes ---------------------------
+
+def _mixed_inputs(shared_data: Path, d: Path) -> dict[str, list[str]]:
+    """Per survey, a mix of real files: LAMOST in both layouts (image gzipped and not, two of
+    class Unknown), DESI coadd and spectra files (one without FIBERMAP), unreadable files."""
+    lam = shared_data / "lamost"
+    image = sorted(str(p) for p in (lam / "image_format").glob("*.fits.gz"))[:12]
+    table = sorted(str(p) for p in (lam / "table_format_dr10").glob("*.fits"))[:9]
+    mdwarf = sorted(str(p) for p in (lam / "mdwarfs_labelled").glob("*.fits"))
+    unknown = [p for p in mdwarf if fitsio.read_header(p).get("CLASS") != "STAR"]
+    plain = d / "plain.fits"
+    plain.write_bytes(gzip.decompress(Path(image[-1]).read_bytes()))
+    (d / "empty.fits").write_bytes(b"")
+    (d / "trunc.fits").write_bytes(Path(table[0]).read_bytes()[:2000])
+    desi = sorted(str(p) for p in (shared_data / "desi").glob("*.fits") if "redrock" not in p.name)
+    return {"lamost": sorted([*image, *table, *unknown, str(plain), str(d / "empty.fits"),
+                              str(d / "missing.fits")]) + [str(d / "trunc.fits")],
+            "desi": [*desi, str(d / "trunc.fits"), str(d / "missing.fits")],
+            "redrock": sorted(str(p) for p in (shared_data / "desi").glob("*redrock*.fits")),
+            "labels": [str(lam / "mdwarfs_labelled" / "labels.csv")]}
+
+
+def _manifest_cmd(repo: Path, survey: str, out: Path, inputs: dict[str, list[str]]) -> list[str]:
+    cmd = ["specbridge", "manifest", "--config", str(repo / "config.yaml"), "--survey", survey,
+           "--output", str(out)]
+    if survey == "desi":
+        cmd += [a for rr in inputs["redrock"] for a in ("--redshifts", rr)]
+    if survey == "lamost":  # labels: the M-dwarf catalogue (position and file-name matches)
+        cmd += ["--labels", inputs["labels"][0], "--label-format", "table",
+                "--label-columns", ",".join(f"{k}={v}" for k, v in MDWARF_COLUMNS.items())]
+    return cmd + inputs[survey]
+
+
+def _assert_same_rows(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.dtype == b.dtype and a.size == b.size
+    for name in a.dtype.names:
+        if a.dtype[name].kind == "f":
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        else:
+            assert a[name].tolist() == b[name].tolist(), name
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("survey", ["lamost", "desi"])
+def test_mpi_manifest_equals_one_process(survey, shared_data, repo, tmp_path, tool_env,
+                                         mpiexec):
+    inputs = _mixed_inputs(shared_data, tmp_path)
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"{survey}-{n}.fits"
+        cmd = _manifest_cmd(repo, survey, out, inputs)
+        r = subprocess.run([mpiexec, "-n", str(n), *cmd], capture_output=True, text=True,
+                           env=tool_env, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"over {n} rank(s)" in r.stderr and "files/s per rank" in r.stderr
+        assert "ETA" in r.stderr  # progress of the whole job
+        runs[n] = read_manifest(out)
+    one, two = runs[1], runs[2]
+    _assert_same_rows(one, two)
+    # every input file is listed, in input order; the bad ones flagged, nothing lost
+    files = list(dict.fromkeys(one["FILE"].tolist()))
+    assert files == inputs[survey]
+    bad = one[np.isin(one["FILE"], [str(tmp_path / f) for f in ("empty.fits", "missing.fits",
+                                                                "trunc.fits")])]
+    assert bad.size >= 2 and all("UNREADABLE_FILE" in names(v) or "MISSING_HDU" in names(v)
+                                 for v in bad["FLAGS"])
+    sel = (one["FLAGS"] & flags.flag("NOT_SELECTED")) != 0
+    assert sel.any()  # the real DESI files are dark-time galaxies, empty and sky fibres
+    if survey == "lamost":
+        assert (~flags.is_fatal(one["FLAGS"])).sum() >= 20
+        assert set(one["CLASS"][sel]) == {"UNKNOWN"}
+        assert (one["LABEL_ID"] != "").any()
+
+
+@pytest.mark.mpi
+def test_mpi_manifest_bad_input_stops_every_rank(shared_data, repo, tmp_path, tool_env,
+                                                 mpiexec):
+    """A redrock file that is not one: every rank ends with the same one-line error, no hang,
+    no manifest."""
+    inputs = _mixed_inputs(shared_data, tmp_path)
+    inputs["redrock"] = [str(shared_data / "lamost" / "table_format_dr10" / "3703110.fits")]
+    out = tmp_path / "m.fits"
+    r = subprocess.run([mpiexec, "-n", "2", *_manifest_cmd(repo, "desi", out, inputs)],
+                       capture_output=True, text=True, env=tool_env, timeout=120)
+    assert r.returncode != 0
+    assert r.stderr.count("no REDSHIFTS or ZBEST HDU") == 2  # one line from each rank
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+MAP_GATHER_SCRIPT = """
+import logging, sys
+from specbridge.parallel.executor import map_gather
+from specbridge.parallel.mpi import get_comm, rank0_logger, run_or_abort
+comm = get_comm()
+log = rank0_logger("t", comm)
+fail = int(sys.argv[1])
+
+def compute(x):
+    if x == fail:
+        raise KeyError(f"boom on item {x}")
+    return x * x
+
+res = run_or_abort(comm, log, map_gather, "demo", list(range(9)), compute, comm, log,
+                   [1.0 + (i % 3) for i in range(9)], "files")
+if comm.rank == 0:
+    print("RESULT", res)
+else:
+    assert res is None
+"""
+
+
+@pytest.mark.mpi
+def test_map_gather_order_and_abort_over_ranks(tmp_path, tool_env, mpiexec):
+    """Results come back in item order whichever rank computed them; an error on one rank
+    ends every rank at once with one line naming the item."""
+    import sys
+
+    script = tmp_path / "mg.py"
+    script.write_text(MAP_GATHER_SCRIPT)
+    ok = subprocess.run([mpiexec, "-n", "3", sys.executable, str(script), "-1"],
+                        capture_output=True, text=True, env=tool_env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert f"RESULT {[i * i for i in range(9)]}" in ok.stdout
+    assert "demo: 9/9 files" in ok.stderr
+    bad = subprocess.run([mpiexec, "-n", "3", sys.executable, str(script), "4"],
+                         capture_output=True, text=True, env=tool_env, timeout=120)
+    assert bad.returncode != 0 and "RESULT" not in bad.stdout
+    assert "demo: file 4 (4) failed" in bad.stderr and "aborting the MPI job" in bad.stderr
+
+
+def test_map_gather_one_process_and_old_manifests(tmp_path):
+    """Without MPI, map_gather is the plain map; a failing item is one line naming it. A
+    manifest written before the target-bit columns still reads (bits 0)."""
+    from specbridge.parallel.executor import ShardError, map_gather
+
+    def only_short(x: str) -> int:
+        if len(x) > 1:
+            raise OSError(f"no {x}")
+        return len(x)
+
+    assert map_gather("t", ["a", "bb", "ccc"], len, weights=[3, 1, 2]) == [1, 2, 3]
+    with pytest.raises(ShardError, match=r"t: file 1 \(bb\) failed: .*no bb"):
+        map_gather("t", ["a", "bb"], only_short, unit="files")
+    rows = build_manifest("lamost", [str(tmp_path / "missing.fits")])
+    old = rows[[n for n in rows.dtype.names if n not in ("DESI_TARGET", "MWS_TARGET")]]
+    fitsio.write(str(tmp_path / "old.fits"), np.array(old.tolist(), dtype=[
+        (n, "S256" if old.dtype[n].kind == "U" else old.dtype[n]) for n in old.dtype.names]),
+        extname="MANIFEST")
+    back = read_manifest(tmp_path / "old.fits")
+    assert back["DESI_TARGET"].tolist() == [0] and back["FILE"][0] == rows["FILE"][0]

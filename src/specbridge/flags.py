@@ -47,6 +47,8 @@ FLAG_BITS: tuple[FlagBit, ...] = (
     FlagBit("BAD_HEADER", 16, False, "a header value is missing or malformed (NaN recorded)"),
     FlagBit("WAVE_FROM_HEADER", 17, False, "the file's wavelength row disagrees with its header "
             "(COEFF0/COEFF1) or is not increasing; the header grid was used"),
+    FlagBit("NOT_SELECTED", 18, True, "left out by the target selection (config selection: "
+            "SPECTYPE/CLASS, ZWARN, OBJTYPE, target bits); the reason names the cut"),
     FlagBit("PREPROCESS_FAILED", 20, True, "preprocessing raised an error for this spectrum"),
     FlagBit("PREDICTION_FAILED", 24, True, "no prediction could be made"),
     FlagBit("NOT_ROUTED", 25, False, "the router candidate gave no [Fe/H]; the regime came from "

@@ -34,7 +34,8 @@ rule mock_survey:
 
 
 rule manifest:
-    """One row per input spectrum of a survey, cross-matched to the label catalogue."""
+    """One row per input spectrum of a survey, cross-matched to the label catalogue, the target
+    selection flagged (MPI over files, as many ranks as preprocessing; one manifest written)."""
     input:
         unpack(manifest_inputs),
     output:
@@ -47,13 +48,17 @@ rule manifest:
         log_path("manifest_{survey}"),
     benchmark:
         benchmark_path("manifest_{survey}")
-    threads: 1
+    threads: config["preprocess"]["mpi_tasks"]
     resources:
+        mpi="mpiexec",
+        tasks=config["preprocess"]["mpi_tasks"],
         nodes=1,
+        gpu=0,
         runtime=60,
         mem_mb=4000,
     conda:
         "../../envs/specbridge.yaml"
     shell:
-        "specbridge manifest --config {params.config} --survey {wildcards.survey} "
+        "{resources.mpi} -n {resources.tasks} specbridge manifest --config {params.config} "
+        "--survey {wildcards.survey} "
         "{params.sources} --output {output} > {log} 2>&1"

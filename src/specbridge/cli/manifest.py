@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from specbridge.cli._common import CLIError, add_config_argument, config_from_args
+from specbridge.cli._common import CLIError, add_config_argument, mpi_stage_config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,7 +19,8 @@ def run(args: argparse.Namespace) -> int:
                 from None
     inputs = {"files": args.files, "files_from": args.files_from, "labels": args.labels,
               "redshifts": args.redshifts, "redshifts_from": args.redshifts_from}
-    return manifest.run(config_from_args(args), inputs, {"manifest": args.output},
+    comm, cfg = mpi_stage_config(args)
+    return manifest.run(cfg, inputs, {"manifest": args.output}, comm,
                         survey=args.survey, label_format=args.label_format,
                         label_columns=columns)
 
@@ -28,8 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("manifest", help="one row per input spectrum, cross-matched to labels",
                        description="Scan survey files (DESI coadd/spectra, LAMOST LRS in both "
                                    "layouts), record every spectrum with IDs, position, "
-                                   "redshift, S/N, reference labels and flag bits. Unreadable "
-                                   "or bad input is recorded with a reason, never dropped.")
+                                   "redshift, S/N, target bits, reference labels and flag bits; "
+                                   "flag what the target selection (config selection) leaves "
+                                   "out. Unreadable or bad input is recorded with a reason, "
+                                   "never dropped. Run under mpiexec/srun for several ranks: "
+                                   "the files are spread over them, one manifest is written.")
     add_config_argument(p)
     p.add_argument("--survey", required=True, choices=["lamost", "desi"])
     p.add_argument("--output", required=True, help="manifest FITS file to write")

@@ -19,9 +19,11 @@ import numpy as np
 from specbridge.io.fitsutil import FormatError, extnames, guarded_read, opened, require_hdus
 
 ARMS = ("B", "R", "Z")
+#: survey phases whose FIBERMAP target columns carry a prefix (SV1_DESI_TARGET, ...)
+TARGET_PHASES = ("", "SV1_", "SV2_", "SV3_")
 FIBERMAP_COLUMNS = ("TARGETID", "TARGET_RA", "TARGET_DEC", "OBJTYPE", "COADD_FIBERSTATUS",
-                    "FIBERSTATUS", "REF_ID", "REF_CAT", "MWS_TARGET", "SV1_MWS_TARGET",
-                    "SV2_MWS_TARGET", "SV3_MWS_TARGET")
+                    "FIBERSTATUS", "REF_ID", "REF_CAT",
+                    *(f"{p}{c}" for c in ("DESI_TARGET", "MWS_TARGET") for p in TARGET_PHASES))
 REDSHIFT_COLUMNS = ("TARGETID", "Z", "ZERR", "ZWARN", "SPECTYPE")
 
 
@@ -90,6 +92,19 @@ def read_fibermap(path: Source, rows: Sequence[int] | None = None,
             raise FormatError(path, "FIBERMAP has no TARGETID column", flag="MISSING_HDU")
         kw = {} if rows is None else {"rows": np.asarray(rows, dtype=np.int64)}
         return guarded_read(path, "FIBERMAP", hdu.read, columns=present, **kw)
+
+
+def target_bits(fibermap: np.ndarray, column: str) -> np.ndarray:
+    """(nrow,) int64: the FIBERMAP's ``column`` (DESI_TARGET, MWS_TARGET...) of the main
+    survey OR-ed with its SV1/SV2/SV3 variants, those present; 0 where none is. A file holds
+    one phase's bits (an SV3 coadd: SV3_DESI_TARGET, with DESI_TARGET 0 or the main bits of the
+    same target); bits 60-62 of DESI_TARGET (BGS_ANY, MWS_ANY, SCND_ANY) mean the same in
+    every phase, other bits are the phase's own."""
+    out = np.zeros(len(fibermap), dtype=np.int64)
+    for p in TARGET_PHASES:
+        if f"{p}{column}" in fibermap.dtype.names:
+            out |= fibermap[f"{p}{column}"].astype(np.int64)
+    return out
 
 
 def read_arm(path: Source, arm: str, rows: Sequence[int] | None = None,

@@ -24,6 +24,7 @@ from specbridge.io import desi, lamost
 from specbridge.io.crossmatch import crossmatch
 from specbridge.io.fitsutil import FormatError, opened
 from specbridge.io.labels import LabelTable
+from specbridge.io.selection import Selection, selection_reasons
 from specbridge.kernels.grid import LogGrid
 from specbridge.labels import LABELS
 from specbridge.splits import star_keys
@@ -45,6 +46,10 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("ZWARN", "i8", "", "redrock ZWARN (DESI), -1 if none"),
     ("CLASS", "U8", "", "survey classification (SPECTYPE / CLASS), upper case"),
     ("OBJTYPE", "U8", "", "DESI FIBERMAP OBJTYPE (TGT, SKY, ...); '' for LAMOST"),
+    ("DESI_TARGET", "i8", "", "DESI FIBERMAP DESI_TARGET OR-ed with SV1/SV2/SV3_DESI_TARGET; "
+     "0 for LAMOST"),
+    ("MWS_TARGET", "i8", "", "DESI FIBERMAP MWS_TARGET OR-ed with SV1/SV2/SV3_MWS_TARGET; "
+     "0 for LAMOST"),
     ("SNR", "f4", "", "median per-pixel S/N over the common grid range (4000-5600 A)"),
     ("WAVE_MIN", "f8", "Angstrom", "first wavelength of the arm used (vacuum)"),
     ("WAVE_MAX", "f8", "Angstrom", "last wavelength of the arm used (vacuum)"),
@@ -231,6 +236,8 @@ def scan_desi_file(path: str, redshifts: dict[int, tuple[float, float, int, str]
             obj = np.char.upper(np.char.strip(fm["OBJTYPE"].astype("U8")))
             rows["OBJTYPE"] = obj
             _set(rows, obj == "SKY", "SKY_FIBER", "sky fibre")
+        rows["DESI_TARGET"] = desi.target_bits(fm, "DESI_TARGET")
+        rows["MWS_TARGET"] = desi.target_bits(fm, "MWS_TARGET")
         if "REF_ID" in fm.dtype.names and "REF_CAT" in fm.dtype.names:
             cat = np.char.strip(fm["REF_CAT"].astype("U2"))
             is_gaia = np.char.startswith(cat, "G") & (fm["REF_ID"] > 0)
@@ -297,23 +304,51 @@ def expand_globs(patterns: Iterable[str]) -> list[str]:
     return sorted(set(out), key=out.index)
 
 
-def build_manifest(survey: str, files: Sequence[str], labels: LabelTable | None = None,
-                   redshift_files: Sequence[str] = (), grid: GridRange = DEFAULT_RANGE,
-                   radius_arcsec: float = 1.0,
-                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Scan ``files`` of one survey into manifest rows (every file, every spectrum)."""
-    if survey not in ("lamost", "desi"):
-        raise ValueError(f"unknown survey {survey!r}")
-    zlookup = desi.redshift_lookup(redshift_files) if redshift_files else None
+def scan_file(survey: str, path: str,
+              redshifts: dict[int, tuple[float, float, int, str]] | None = None,
+              grid: GridRange = DEFAULT_RANGE) -> np.ndarray:
+    """Manifest rows of one input file of ``survey`` (flagged rows when it cannot be read)."""
+    if survey == "lamost":
+        return scan_lamost_file(path, grid)
+    if survey == "desi":
+        return scan_desi_file(path, redshifts, grid)
+    raise ValueError(f"unknown survey {survey!r}")
+
+
+def scan_files(survey: str, files: Sequence[str],
+               redshifts: dict[int, tuple[float, float, int, str]] | None = None,
+               grid: GridRange = DEFAULT_RANGE,
+               progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+    """The rows of each of ``files`` (one array per file, in order); ``progress(done,
+    total)`` after each file."""
     parts = []
     for k, path in enumerate(files):
-        if survey == "lamost":
-            parts.append(scan_lamost_file(path, grid))
-        else:
-            parts.append(scan_desi_file(path, zlookup, grid))
+        parts.append(scan_file(survey, path, redshifts, grid))
         if progress is not None:
             progress(k + 1, len(files))
-    rows = np.concatenate(parts) if parts else empty_rows(0)
+    return parts
+
+
+def apply_selection(survey: str, rows: np.ndarray, selection: Selection) -> int:
+    """Flag ``NOT_SELECTED`` (with the reason) on the rows of ``survey`` that the target
+    selection leaves out, in place; returns how many. Rows already fatal are not judged."""
+    reasons = selection_reasons(survey, rows, selection)
+    out = reasons != ""
+    rows["FLAGS"][out] |= flags.flag("NOT_SELECTED")
+    width = rows.dtype["FLAG_REASON"].itemsize // 4
+    rows["FLAG_REASON"][out] = reasons[out].astype(f"U{width}")  # cut at the column width
+    return int(out.sum())
+
+
+def finish_manifest(survey: str, parts: Sequence[np.ndarray], labels: LabelTable | None = None,
+                    radius_arcsec: float = 1.0, selection: Selection | None = None,
+                    ) -> np.ndarray:
+    """The manifest from the per-file rows ``parts`` (in input order): target selection (if
+    given), synthetic IDs, duplicates, the cross-match to ``labels`` and the star keys; the
+    steps that need every row at once."""
+    rows = np.concatenate(parts) if len(parts) else empty_rows(0)
+    if selection is not None:
+        apply_selection(survey, rows, selection)
     # files without IDs get synthetic negative IDs unique within the manifest, far below the
     # negative TARGETIDs of DESI's empty fibres
     no_id = (rows["FLAGS"] & flags.flag("NO_ID")) != 0
@@ -323,6 +358,20 @@ def build_manifest(survey: str, files: Sequence[str], labels: LabelTable | None 
     rows["STAR_KEY"] = star_keys(rows["LABEL_ID"], rows["GAIA_ID"], rows["RA"], rows["DEC"],
                                  rows["SPECID"])
     return rows
+
+
+def build_manifest(survey: str, files: Sequence[str], labels: LabelTable | None = None,
+                   redshift_files: Sequence[str] = (), grid: GridRange = DEFAULT_RANGE,
+                   radius_arcsec: float = 1.0,
+                   progress: Callable[[int, int], None] | None = None,
+                   selection: Selection | None = None) -> np.ndarray:
+    """Scan ``files`` of one survey into manifest rows (every file, every spectrum), in one
+    process; ``selection``: the target selection to flag (None: none)."""
+    if survey not in ("lamost", "desi"):
+        raise ValueError(f"unknown survey {survey!r}")
+    zlookup = desi.redshift_lookup(redshift_files) if redshift_files else None
+    parts = scan_files(survey, files, zlookup, grid, progress)
+    return finish_manifest(survey, parts, labels, radius_arcsec, selection)
 
 
 def write_manifest(path: str | Path, rows: np.ndarray, meta: dict[str, Any] | None = None,
@@ -341,10 +390,14 @@ def write_manifest(path: str | Path, rows: np.ndarray, meta: dict[str, Any] | No
 
 
 def read_manifest(path: str | Path) -> np.ndarray:
-    """Manifest rows as a structured array with the dtype :data:`DTYPE` (strings as str)."""
+    """Manifest rows as a structured array with the dtype :data:`DTYPE` (strings as str). A
+    column that a manifest of an earlier version lacks (DESI_TARGET, MWS_TARGET) takes its
+    neutral value (:func:`empty_rows`)."""
     data = fitsio.read(str(path), ext="MANIFEST")
-    rows = np.zeros(len(data), dtype=DTYPE)
+    rows = empty_rows(len(data))
     for name in DTYPE.names:
+        if name not in data.dtype.names:
+            continue
         col = data[name]
         if DTYPE[name].kind == "U":
             col = np.char.strip(col.astype(DTYPE[name]))

@@ -1,4 +1,6 @@
-"""The one shard executor: every MPI map over shards (preprocess, embed, infer) runs here.
+"""The one shard executor: every MPI map over shards (preprocess, embed, infer) runs here,
+and every map whose small results are gathered instead of written (the manifest's scan of
+input files, :func:`map_gather`).
 
 A stage describes its work as :class:`ShardTask` objects (one output shard each, with the
 fingerprint of everything that shard depends on) and a ``compute`` function; the executor
@@ -27,7 +29,7 @@ import logging
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,14 +131,14 @@ class _JobProgress:
     """Progress of the whole job in rows, logged by rank 0 with rate and ETA."""
 
     def __init__(self, comm: Any, log: logging.Logger, stage: str, total: int,
-                 expected: list[int]):
+                 expected: list[int], unit: str = "spectra"):
         self.comm, self.total = comm, total
         self.rank, _ = comm_rank_size(comm)
         self.expected = sum(expected) - (expected[0] if expected else 0)  # messages to rank 0
         self.received = 0
         self.done = 0
         self.requests: list[Any] = []
-        self.report = Progress(stage, log, unit="spectra")
+        self.report = Progress(stage, log, unit=unit)
 
     def step(self, n: int) -> None:
         """Count ``n`` finished rows of this rank."""
@@ -231,6 +233,51 @@ def run_shards(job: ShardJob, comm: Any = None, log: logging.Logger | None = Non
     return JobSummary(len(shards), sum(e[1] for e in everyone), sum(e[2] for e in everyone),
                       total or {}, time.monotonic() - t0, max(e[3] for e in everyone) or 1e-9,
                       [e[4] for e in everyone], size)
+
+
+def map_gather(stage: str, items: Sequence[Any], compute: Callable[[Any], Any],
+               comm: Any = None, log: logging.Logger | None = None,
+               weights: Sequence[float] | None = None, unit: str = "items",
+               ) -> list[Any] | None:
+    """``[compute(item) for item in items]`` spread over the ranks of ``comm`` (None: one
+    process), the results gathered onto rank 0 in the order of ``items``.
+
+    The items are spread by ``weights`` (default 1 each) as :func:`run_shards` spreads shards;
+    rank 0 logs progress in ``unit`` for the whole job with rate and ETA; an exception in
+    ``compute`` raises :class:`ShardError` naming the stage and the item (under several ranks
+    the caller's :func:`specbridge.parallel.mpi.run_or_abort` aborts every rank). Returns the
+    list of results on rank 0, None elsewhere. The results travel through one gather with
+    pickle protocol 5 (``mpi4py.util.pkl5``: NumPy buffers out of band, messages over 2 GiB
+    allowed); they must fit in rank 0's memory together (manifest rows of files).
+    """
+    log = log or logging.getLogger(f"specbridge.{stage}")
+    rank, size = comm_rank_size(comm)
+    parts = weighted_partition([1.0] * len(items) if weights is None else weights, size)
+    progress = _JobProgress(comm, log, stage, len(items), [len(p) for p in parts], unit=unit)
+    mine: list[tuple[int, Any]] = []
+    for k, i in enumerate(parts[rank]):
+        try:
+            mine.append((i, compute(items[i])))
+        except Exception as exc:
+            log.debug("item %d failed", i, exc_info=True)
+            raise ShardError(f"{stage}: {unit[:-1] if unit.endswith('s') else unit} {i} "
+                             f"({items[i]}) failed: {describe(exc)}") from exc
+        progress.step(1)
+        kill_point(stage, rank, k + 1)
+    progress.finish()
+    if comm is not None:
+        from mpi4py.util import pkl5
+
+        everyone = pkl5.Intracomm(comm).gather(mine, root=0)
+    else:
+        everyone = [mine]
+    if rank != 0:
+        return None
+    out: list[Any] = [None] * len(items)
+    for part in everyone:
+        for i, res in part:
+            out[i] = res
+    return out
 
 
 def input_fingerprints(shards: list[Mapping[str, Any]]) -> list[str]:
