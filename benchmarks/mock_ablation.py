@@ -59,6 +59,8 @@ def ablation_config(outdir: Path, enabled: tuple[str, ...], args: argparse.Names
         "finetune": {"models": ["mlp"], "strategies": ["zeroshot", args.strategy],
                      "n_train": args.n_train, "epochs": args.ft_epochs,
                      "lora": {"specformer": False}},
+        # the pipeline's own tables are not read here: fewer replicates keep evaluate short
+        "evaluation": {"bootstrap": {"n_boot": 200}},
     }
 
 
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-desi", type=int, default=2000)
     ap.add_argument("--n-overlap", type=int, default=100)
     ap.add_argument("--n-train", type=int, default=600)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--ft-epochs", type=int, default=10)
     ap.add_argument("--strategy", default="lora", choices=["adapter", "lora", "full"])
     ap.add_argument("--seed", type=int, default=20260215)
