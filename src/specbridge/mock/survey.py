@@ -3,10 +3,13 @@ APOGEE allStar-like label catalogue, written in the real surveys' formats (read 
 same readers as real files).
 
 Pipeline per star: labels -> MILES emulator (rest frame, vacuum, FWHM 2.5 A) -> the star's own
-residual (:mod:`specbridge.mock.residuals`) -> [alpha/Fe] response -> survey resolution
-(LAMOST: per fibre; DESI: the line-spread function written to the file) -> Doppler shift ->
-survey wavelength grid -> flux-calibration distortion -> noise. A configurable number of stars
-is observed by both surveys as one identity. See docs/mock.md for the choices and their limits.
+residual (:mod:`specbridge.mock.residuals`) -> [alpha/Fe] response -> unresolved companion ->
+survey resolution (LAMOST: per fibre; DESI: the line-spread function written to the file) ->
+Doppler shift -> survey wavelength grid -> extinction and diffuse bands -> flux-calibration
+distortion -> noise (DESI: with the bright sky, and a sky-subtraction residual); the files
+record the RV with its survey's error. The survey effects: :mod:`specbridge.mock.effects`. A
+configurable number of stars is observed by both surveys as one identity. See docs/mock.md
+for the choices and their limits.
 """
 
 from __future__ import annotations
