@@ -17,6 +17,16 @@ def test_default_config_is_valid_and_complete(repo):
     assert cfg["evaluation"]["feh_threshold"] == -1.0
 
 
+def test_mock_survey_effects_are_on_by_default():
+    """Every survey effect of the mock is on in the schema's default (docs/mock.md)."""
+    from specbridge.mock.effects import EFFECT_NAMES, SurveyEffects
+
+    mock = validate_config({})["data"]["mock"]
+    eff = SurveyEffects.from_mock(mock)
+    assert all(eff.on(name) for name in EFFECT_NAMES)
+    assert mock["binaries"]["fraction"] == 0.15 and mock["extinction"]["r_v"] == 3.1
+
+
 def test_empty_config_gets_paper_defaults():
     cfg = validate_config({})
     # docs/design.md: AdamW, lr 1e-5, weight decay 1e-4, batch 32, 100 epochs; MLP 1024-512-64
@@ -59,6 +69,9 @@ def test_size_ladder_overlays_are_valid(repo, size):
         ({"training": {"lr": -1.0}}, "training.lr", ["> 0"]),
         ({"training": {"epochs": "many"}}, "training.epochs", ["integer"]),
         ({"data": {"source": "archive"}}, "data.source", ["'mock'", "'files'"]),
+        ({"data": {"mock": {"binaries": {"fraction": 1.5}}}}, "data.mock.binaries.fraction",
+         ["1"]),
+        ({"data": {"mock": {"extinction": {"rv": 3.1}}}}, "data.mock.extinction", ["'rv'"]),
     ],
 )
 def test_bad_value_names_key_and_allowed_values(repo, override, key, words):

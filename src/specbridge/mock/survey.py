@@ -3,10 +3,13 @@ APOGEE allStar-like label catalogue, written in the real surveys' formats (read 
 same readers as real files).
 
 Pipeline per star: labels -> MILES emulator (rest frame, vacuum, FWHM 2.5 A) -> the star's own
-residual (:mod:`specbridge.mock.residuals`) -> [alpha/Fe] response -> survey resolution
-(LAMOST: per fibre; DESI: the line-spread function written to the file) -> Doppler shift ->
-survey wavelength grid -> flux-calibration distortion -> noise. A configurable number of stars
-is observed by both surveys as one identity. See docs/mock.md for the choices and their limits.
+residual (:mod:`specbridge.mock.residuals`) -> [alpha/Fe] response -> unresolved companion ->
+survey resolution (LAMOST: per fibre; DESI: the line-spread function written to the file) ->
+Doppler shift -> survey wavelength grid -> extinction and diffuse bands -> flux-calibration
+distortion -> noise (DESI: with the bright sky, and a sky-subtraction residual); the files
+record the RV with its survey's error. The survey effects: :mod:`specbridge.mock.effects`. A
+configurable number of stars is observed by both surveys as one identity. See docs/mock.md
+for the choices and their limits.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,11 @@ from specbridge.atomic import atomic_output
 from specbridge.io import desi as desi_io
 from specbridge.kernels.pipeline import LAMOST_R
 from specbridge.labels import LABEL_NAMES, column
-from specbridge.mock import physics
+from specbridge.mock import effects, physics
+from specbridge.mock.effects import SurveyEffects
 from specbridge.mock.emulator import MilesEmulator, crossval_residuals
 from specbridge.mock.miles import load_miles
-from specbridge.mock.population import draw_labels
+from specbridge.mock.population import PRIORS, draw_labels
 from specbridge.mock.reference import reference_dir, sha256
 from specbridge.mock.residuals import StarResiduals
 
@@ -47,6 +51,9 @@ DESI_LSF_MODES = ("miles_floor", "convolved", "legacy")
 #: the per-star quantities an overlap star shares between the surveys (its identity)
 IDENTITY_KEYS = ("teff", "logg", "feh", "alpha_fe", "component", "rv", "ra", "dec", "gaia_id")
 LAMOST_R_RANGE = (1000.0, 2000.0)  # per-fibre resolving power is clipped to this range
+#: the per-star survey-effect quantities a star has once (copied to its LAMOST observation)
+INTRINSIC_EFFECT_KEYS = ("ebv", "comp_flux", "comp_teff", "comp_logg", "comp_dv")
+FLUX_REF_AA = {"lamost": 4750.0, "desi": 5300.0}  # extinction leaves the flux scale here
 ASTROMETRIC_SCATTER_ARCSEC = 0.1
 
 
@@ -94,7 +101,9 @@ class MockContext:
     R = 1800, the real DESI grids (arm -> (npix,)), a pool of real DESI resolution rows
     (arm -> (m, 11, npix)), the sky per fibre on each DESI arm (arm -> (npix,)), the
     star-to-star residual model (None: off), how the DESI line-spread function is made (one
-    of DESI_LSF_MODES) and what that gives for each pool row (arm -> :class:`DesiLsf`)."""
+    of DESI_LSF_MODES) and what that gives for each pool row (arm -> :class:`DesiLsf`); the
+    survey effects switched on, and with the bright sky its continuum per fibre on each DESI
+    arm (arm -> (npix,), 1e-17 erg/s/cm^2/A)."""
 
     emulator: MilesEmulator
     lamost_wave: np.ndarray
@@ -107,6 +116,8 @@ class MockContext:
     residuals: StarResiduals | None = None
     desi_lsf: str = "miles_floor"
     desi_lsfs: dict[str, DesiLsf] | None = None
+    effects: SurveyEffects = field(default_factory=SurveyEffects)
+    desi_sky_continuum: dict[str, np.ndarray] | None = None
 
 
 def build_context(cfg: dict[str, Any]) -> MockContext:
@@ -155,8 +166,25 @@ def build_context(cfg: dict[str, Any]) -> MockContext:
              for arm, w in waves.items()}
     mode = mock.get("desi_lsf", "miles_floor")
     lsfs = {arm: desi_lsf(mode, pools[arm], waves[arm], emu.fwhm) for arm in desi_io.ARMS}
+    eff = SurveyEffects.from_mock(mock)
+    continuum = bright_sky(emu, waves, eff.bright_sky) if eff.on("bright_sky") else None
     return MockContext(emu, lam_wave, physics.broadening_matrix(emu.wave, emu.fwhm, LAMOST_R),
-                       waves, pools, skies, lib.teff, lib.logg, residuals, mode, lsfs)
+                       waves, pools, skies, lib.teff, lib.logg, residuals, mode, lsfs, eff,
+                       continuum)
+
+
+def bright_sky(emu: MilesEmulator, waves: dict[str, np.ndarray], params: dict[str, Any],
+               ) -> dict[str, np.ndarray]:
+    """The bright-time sky continuum per fibre on each DESI arm (arm -> (npix,),
+    1e-17 erg/s/cm^2/A): scattered sunlight (the emulator's solar spectrum, black body beyond
+    the MILES range) at ``params``' V surface brightness (:func:`effects.bright_sky_continuum`)."""
+    sun = emu.flux(np.array([effects.SOLAR_TEFF]), np.array([effects.SOLAR_LOGG]),
+                   np.array([0.0]))
+    wide = np.linspace(3500.0, 9900.0, 6401)
+    solar = physics.extend_beyond(emu.wave, sun, np.array([effects.SOLAR_TEFF]), wide)[0]
+    return {arm: effects.bright_sky_continuum(
+        w, solar, wide, params.get("v_mag_arcsec2", 19.5), params.get("blue_exponent", 2.0),
+        FIBER_AREA_ARCSEC2) for arm, w in waves.items()}
 
 
 def pixel_average(x: np.ndarray, y: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -173,7 +201,8 @@ def pixel_average(x: np.ndarray, y: np.ndarray, centres: np.ndarray) -> np.ndarr
 # ---- the population of stars ------------------------------------------------------------------
 
 def draw_stars(ctx: MockContext, survey: str, n: int, seed: int,
-               lamost_resolution_spread: float = 0.0) -> dict[str, np.ndarray]:
+               lamost_resolution_spread: float = 0.0, survey_priors: bool = False,
+               ) -> dict[str, np.ndarray]:
     """Labels, radial velocity (km/s), sky position (deg) and IDs of n stars of a survey,
     each an array (n,); for LAMOST also the fibre's resolving power ``lamost_r`` (at 5500 A)
     and its ``lamost_tilt`` (:func:`physics.lamost_resolving_power`).
@@ -183,9 +212,15 @@ def draw_stars(ctx: MockContext, survey: str, n: int, seed: int,
     R ~ N(1800, spread) clipped to 1000-2000, tilt ~ N(0, spread / 1800) (spread 0: every
     fibre at exactly R = 1800), from a generator of its own so that the other draws do not
     depend on the spread.
+
+    ``survey_priors``: labels from the survey's own prior (:data:`population.PRIORS`), LAMOST
+    S/N log-normal about 55 (the bright APOGEE overlap) and DESI r from number counts rising
+    as 10^(0.3 r) over 16-19 (MWS-MAIN's range); otherwise one prior for both, LAMOST S/N
+    about 40 and DESI r uniform in 15-19.
     """
     rng = np.random.default_rng([seed, SURVEY_CODE[survey]])
-    stars = draw_labels(rng, n, ctx.miles_teff, ctx.miles_logg)
+    stars = draw_labels(rng, n, ctx.miles_teff, ctx.miles_logg,
+                        PRIORS[survey] if survey_priors else None)
     halo = stars["component"] == "halo"
     stars["rv"] = np.where(halo, rng.normal(0, 120, n), rng.normal(-5, 35, n))
     ra0, dec0, dec1 = (100.0, 20.0, 40.0) if survey == "lamost" else (180.0, 0.0, 30.0)
@@ -195,7 +230,8 @@ def draw_stars(ctx: MockContext, survey: str, n: int, seed: int,
     stars["gaia_id"] = GAIA_ID0 + SURVEY_CODE[survey] * 10**9 + np.arange(n)
     stars["index"] = np.arange(n)
     if survey == "lamost":
-        stars["snr"] = np.clip(np.exp(rng.normal(np.log(40), 0.6, n)), 5, 400)
+        median_snr = 55.0 if survey_priors else 40.0
+        stars["snr"] = np.clip(np.exp(rng.normal(np.log(median_snr), 0.6, n)), 5, 400)
         stars["id"] = LAMOST_OBSID0 + np.arange(n)
         r_rng = np.random.default_rng([seed, SURVEY_CODE[survey], 8])
         spread = float(lamost_resolution_spread)
@@ -203,7 +239,11 @@ def draw_stars(ctx: MockContext, survey: str, n: int, seed: int,
                                     *LAMOST_R_RANGE)
         stars["lamost_tilt"] = spread / LAMOST_R * r_rng.standard_normal(n)
     else:
-        stars["mag_r"] = 15.0 + 4.0 * rng.random(n)
+        if survey_priors:  # inverse CDF of counts ~ 10^(0.3 r) on [16, 19]
+            lo, hi = 10 ** (0.3 * 16.0), 10 ** (0.3 * 19.0)
+            stars["mag_r"] = np.log10(lo + (hi - lo) * rng.random(n)) / 0.3
+        else:
+            stars["mag_r"] = 15.0 + 4.0 * rng.random(n)
         stars["id"] = DESI_TARGETID0 + np.arange(n)
     return stars
 
@@ -219,13 +259,16 @@ def draw_survey(ctx: MockContext, mock: dict[str, Any], seed: int,
     position carries 0.1 arcsec of astrometric scatter. ``overlap`` (bool, (n,)) marks them
     in both. With ``star_residuals``, ``residual`` (n, K) holds each star's residual
     coefficients, drawn from its Gaia ID (so an overlap star has one residual) and
-    ``resid_rms`` (n,) their rms over 4000-5600 A. Deterministic in ``seed``.
+    ``resid_rms`` (n,) their rms over 4000-5600 A. The survey effects that are per star
+    (:func:`draw_star_effects`) are added. Deterministic in ``seed``.
     """
+    eff = SurveyEffects.from_mock(mock)
+    priors = eff.on("survey_priors")
     # the labelled LAMOST stars first, then the unlabelled corpus (n_lamost_unlabelled: the
     # same population observed the same way, left out of the label catalogue)
     lamost = draw_stars(ctx, "lamost", mock["n_lamost"] + mock.get("n_lamost_unlabelled", 0),
-                        seed, mock.get("lamost_resolution_spread", 0.0))
-    desi = draw_stars(ctx, "desi", mock["n_desi"], seed)
+                        seed, mock.get("lamost_resolution_spread", 0.0), priors)
+    desi = draw_stars(ctx, "desi", mock["n_desi"], seed, survey_priors=priors)
     n_ov = min(int(mock.get("n_overlap", 0)), mock["n_lamost"], mock["n_desi"])
     rng = np.random.default_rng([seed, 5])
     d_idx = np.sort(rng.choice(mock["n_desi"], size=n_ov, replace=False))
@@ -248,7 +291,44 @@ def draw_survey(ctx: MockContext, mock: dict[str, Any], seed: int,
                                                    stars["logg"], stars["feh"], seed, k)
             r = stars["residual"] @ ctx.residuals.components[:k, grid]
             stars["resid_rms"] = np.sqrt(np.mean(r ** 2, axis=1))
+    draw_star_effects(lamost, desi, l_idx, d_idx, eff, seed)
     return lamost, desi
+
+
+def lamost_apparent_mag(snr: np.ndarray) -> np.ndarray:
+    """(n,) rough g magnitude of LAMOST stars of g-band S/N ``snr`` (n,): g = 15.5 at S/N 40,
+    S/N growing as flux^0.75 (between the sky- and the source-limited regimes)."""
+    return 15.5 - 2.5 / 0.75 * np.log10(np.asarray(snr) / 40.0)
+
+
+def draw_star_effects(lamost: dict[str, np.ndarray], desi: dict[str, np.ndarray],
+                      l_idx: np.ndarray, d_idx: np.ndarray, eff: SurveyEffects, seed: int,
+                      ) -> None:
+    """Add the per-star survey effects to the star tables in place, each (n,): ``ebv``
+    (extinction on), ``comp_*`` (binaries on: :func:`effects.draw_binaries`), and
+    ``rv_recorded``, ``rv_err`` (km/s; RV errors on). What is the star's own (E(B-V), the
+    companion) is copied from DESI to its LAMOST observation for the overlap stars
+    (``l_idx``, ``d_idx``); the RV errors are each survey's."""
+    if eff.on("extinction"):
+        lamost["ebv"] = effects.draw_ebv(lamost, lamost_apparent_mag(lamost["snr"]), seed,
+                                         eff.extinction)
+        desi["ebv"] = effects.draw_ebv(desi, desi["mag_r"], seed, eff.extinction)
+    if eff.on("binaries"):
+        for stars in (lamost, desi):
+            stars.update(effects.draw_binaries(stars, seed, eff.binaries))
+    for key in INTRINSIC_EFFECT_KEYS:
+        if key in desi:
+            lamost[key][l_idx] = desi[key][d_idx]
+    if eff.on("rv_errors"):
+        p = eff.rv_errors
+        for stars, survey in ((lamost, "lamost"), (desi, "desi")):
+            rng = np.random.default_rng([seed, SURVEY_CODE[survey], 12])
+            sigma = float(p.get(f"{survey}_kms", 5.0 if survey == "lamost" else 1.5))
+            frac = float(p.get(f"{survey}_outlier_fraction", 0.0))
+            err = effects.draw_rv_errors(stars["rv"].size, rng, sigma, frac,
+                                         float(p.get(f"{survey}_outlier_kms", 0.0)))
+            stars["rv_recorded"] = stars["rv"] + err
+            stars["rv_err"] = np.full(stars["rv"].size, sigma)
 
 
 def subset(stars: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -259,12 +339,35 @@ def subset(stars: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarra
 def rest_frame(ctx: MockContext, stars: dict[str, np.ndarray]) -> np.ndarray:
     """(n, npix_miles) normalised rest-frame flux on ``ctx.emulator.wave``: the emulator at
     the labels, times exp(the star's residual) where ``stars`` has ``residual`` coefficients
-    (n, K) and the context a residual model, with the [alpha/Fe] response."""
+    (n, K) and the context a residual model, with the [alpha/Fe] response; plus, where
+    ``stars`` has companions (``comp_flux`` > 0), the companion (:func:`add_companions`)."""
     log_flux = ctx.emulator.log_flux(stars["teff"], stars["logg"], stars["feh"])
     if "residual" in stars and ctx.residuals is not None:
         log_flux = log_flux + ctx.residuals.log_residual(stars["residual"])
-    return physics.alpha_response(ctx.emulator.wave, np.exp(log_flux), stars["feh"],
+    flux = physics.alpha_response(ctx.emulator.wave, np.exp(log_flux), stars["feh"],
                                   stars["alpha_fe"])
+    if "comp_flux" in stars and np.any(stars["comp_flux"] > 0):
+        flux = add_companions(ctx, stars, flux)
+    return flux
+
+
+def add_companions(ctx: MockContext, stars: dict[str, np.ndarray], flux: np.ndarray,
+                   ) -> np.ndarray:
+    """(n, npix_miles) rest-frame ``flux`` (n, npix_miles) of the primaries with their
+    unresolved companions: (primary + k companion) / (1 + k), k = ``comp_flux`` (the flux
+    ratio at 5000-5600 A, where both emulated spectra have median 1), the companion the
+    emulator at (``comp_teff``, ``comp_logg``, the primary's [Fe/H] and [alpha/Fe]), shifted
+    by ``comp_dv`` km/s; no residual of its own. Single stars (k = 0) are unchanged."""
+    b = np.flatnonzero(stars["comp_flux"] > 0)
+    wave = ctx.emulator.wave
+    comp = physics.alpha_response(
+        wave, ctx.emulator.flux(stars["comp_teff"][b], stars["comp_logg"][b],
+                                stars["feh"][b]), stars["feh"][b], stars["alpha_fe"][b])
+    comp = physics.doppler_resample(wave, comp, stars["comp_dv"][b], wave)
+    k = stars["comp_flux"][b][:, None]
+    out = flux.copy()
+    out[b] = (flux[b] + k * comp) / (1.0 + k)
+    return out
 
 
 def lamost_lsf(ctx: MockContext, stars: dict[str, np.ndarray], rest: np.ndarray) -> np.ndarray:
@@ -288,8 +391,11 @@ def observe_lamost(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.rando
                    ) -> dict[str, np.ndarray]:
     """LAMOST observations of n stars: flux, ivar (n, 3909) float32, andmask (n, 3909) int32,
     snr_band (n, 5) measured S/N in u g r i z. ``stars``: labels, ``rv`` (km/s), ``snr``, and
-    optionally ``lamost_r``/``lamost_tilt`` (default: R = 1800) and ``residual``; each (n,)
-    (``residual`` (n, K))."""
+    optionally ``lamost_r``/``lamost_tilt`` (default: R = 1800), ``residual``, companions
+    (``comp_*``) and ``ebv``; each (n,) (``residual`` (n, K)). With
+    ``lamost_flux_calibration`` on, the calibration distortion is
+    :func:`effects.lamost_calibration` (drawn from a generator spawned from ``rng``, so the
+    noise is the same as without it)."""
     rest = rest_frame(ctx, stars)
     broad = lamost_lsf(ctx, stars, rest)
     wave = ctx.emulator.wave
@@ -298,7 +404,16 @@ def observe_lamost(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.rando
     obs = physics.doppler_resample(ext_wave, ext, stars["rv"], ctx.lamost_wave)
     # blueward of the MILES range (3700-3541 A is covered; nothing needed) and the red extension
     n = obs.shape[0]
+    eff_rng = rng.spawn(1)[0]  # the survey effects' draws: the stream of rng is unchanged
     calib = physics.calibration_distortion(ctx.lamost_wave, rng, n, amplitude=0.08, order=3)
+    if ctx.effects.on("lamost_flux_calibration"):
+        p = ctx.effects.lamost_flux_calibration
+        calib = effects.lamost_calibration(
+            ctx.lamost_wave, eff_rng, n, p.get("amplitude", 0.10),
+            p.get("wiggle_amplitude", 0.02), tuple(p.get("wiggle_scale_aa", (200.0, 500.0))))
+    if "ebv" in stars:
+        obs = obs * effects.interstellar(ctx.lamost_wave, stars["ebv"], ctx.effects.extinction,
+                                         ctx.lamost_wave / LAMOST_R, FLUX_REF_AA["lamost"])
     scale = 300.0 * np.exp(rng.normal(0, 0.5, n))  # LAMOST flux units are relative counts
     model = obs * calib * scale[:, None]
     g = (ctx.lamost_wave > 4100) & (ctx.lamost_wave < 5400)
@@ -323,7 +438,8 @@ def observe_lamost(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.rando
 
 def _lamost_header(star: dict[str, Any], snr_band: np.ndarray, filename: str,
                    layout: str) -> list[dict[str, Any]]:
-    z = star["rv"] / physics.C_KMS
+    z = star.get("rv_recorded", star["rv"]) / physics.C_KMS  # the pipeline's redshift
+    z_err = float(star.get("rv_err", 5.0)) / physics.C_KMS
     cards = [
         ("FILENAME", filename, ""), ("OBSID", int(star["id"]), "unique observation ID"),
         ("AUTHOR", "specbridge mock", ""), ("DATA_V", "LAMOST MOCK", "specbridge mock survey"),
@@ -334,7 +450,7 @@ def _lamost_header(star: dict[str, Any], snr_band: np.ndarray, filename: str,
         ("VACUUM", True, "vacuum wavelengths"), ("NWORDER", 2, ""),
         ("WFITTYPE", "LOG-LINEAR", ""), ("COEFF0", LAMOST_LOG0, "log10 lambda of pixel 0"),
         ("COEFF1", LAMOST_DLOG, "log10 lambda step"), ("Z", float(z), "pipeline redshift"),
-        ("Z_ERR", 5.0 / physics.C_KMS, ""),
+        ("Z_ERR", z_err, ""),
     ]
     for band, v in zip("UGRIZ", snr_band, strict=True):
         cards.append((f"SNR{band}", round(float(v), 2), f"median S/N in {band.lower()}"))
@@ -399,7 +515,10 @@ def observe_desi(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.random.
     """DESI coadd observations of n stars: per arm flux, ivar (n, npix) float32, mask int32,
     resolution (n, 11, npix) float32 (the line-spread function the spectrum has, for the
     real resolution row drawn for it: :func:`desi_lsf`). ``stars``: labels, ``rv`` (km/s),
-    ``mag_r`` and optionally ``residual``."""
+    ``mag_r`` and optionally ``residual``, companions (``comp_*``) and ``ebv``. With the
+    bright sky on (``ctx.desi_sky_continuum``), the sky continuum adds photon noise and the
+    sky-subtraction residual is added to the flux (drawn from a generator spawned from
+    ``rng``, so the noise draws are the same as without it)."""
     rest = rest_frame(ctx, stars)
     wave = ctx.emulator.wave
     ext_wave = np.concatenate([np.linspace(3500.0, wave[0] - 1.0, 40), wave,
@@ -407,10 +526,14 @@ def observe_desi(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.random.
     ext = physics.extend_beyond(wave, rest, stars["teff"], ext_wave)
     n = rest.shape[0]
     phi = 2.0 * 10 ** (-0.4 * (stars["mag_r"] - 18.0))  # 1e-17 erg/s/cm2/A at the median
+    eff_rng = rng.spawn(1)[0]  # the survey effects' draws: the stream of rng is unchanged
     out = {}
     for arm in desi_io.ARMS:
         w = ctx.desi_wave[arm]
         obs = physics.doppler_resample(ext_wave, ext, stars["rv"], w)
+        if "ebv" in stars:
+            obs = obs * effects.interstellar(w, stars["ebv"], ctx.effects.extinction,
+                                             ctx.emulator.fwhm, FLUX_REF_AA["desi"])
         calib = physics.calibration_distortion(w, rng, n, amplitude=0.03, order=2)
         pool = ctx.desi_rpool[arm]
         row = rng.integers(0, pool.shape[0], size=n)  # the real resolution row of each star
@@ -421,10 +544,17 @@ def observe_desi(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.random.
         else:
             model = physics.gaussian_broaden(obs * calib * phi[:, None], lsf.extra[row])
         sky = ctx.desi_sky[arm][None, :]
-        # variance of a ~1000 s dark-time coadd: photon noise of source + sky, plus read noise
+        if ctx.desi_sky_continuum is not None:  # bright time: the moonlit continuum too
+            sky = sky + ctx.desi_sky_continuum[arm][None, :]
+        # variance of a ~1000 s coadd: photon noise of source + sky, plus read noise
         var = 0.008 * (np.clip(model, 0, None) + sky) + 0.02
         sigma = np.sqrt(var)
         flux = model + sigma * rng.standard_normal(model.shape)
+        if ctx.desi_sky_continuum is not None:
+            p = ctx.effects.bright_sky
+            flux = flux + effects.sky_subtraction_residual(
+                w, sky[0], eff_rng, n, p.get("subtraction_residual", 0.015),
+                p.get("line_shift_aa", 0.02))
         ivar = 1.0 / var
         mask = np.zeros(model.shape, dtype=np.int32)
         bad = rng.random(model.shape) < 3e-4
@@ -479,7 +609,9 @@ def write_desi_file(path: Path, fibermap: np.ndarray, arms: dict[str, dict[str, 
 
 
 def write_redrock(path: Path, stars: dict[str, np.ndarray], rng: np.random.Generator) -> None:
-    """A redrock-like redshift file (REDSHIFTS: TARGETID, Z, ZERR, ZWARN, SPECTYPE...)."""
+    """A redrock-like redshift file (REDSHIFTS: TARGETID, Z, ZERR, ZWARN, SPECTYPE...): Z the
+    recorded RV (``rv_recorded``, RV errors on) or the true RV plus N(0, 3 km/s) from
+    ``rng`` (off: the mock before the survey effects)."""
     n = stars["id"].size
     z = np.zeros(n, dtype=[("TARGETID", "i8"), ("Z", "f8"), ("ZERR", "f8"), ("ZWARN", "i8"),
                            ("CHI2", "f8"), ("SPECTYPE", "S6"), ("SUBTYPE", "S20"),
@@ -487,6 +619,9 @@ def write_redrock(path: Path, stars: dict[str, np.ndarray], rng: np.random.Gener
     zerr = 3.0 / physics.C_KMS
     z["TARGETID"] = stars["id"]
     z["Z"] = stars["rv"] / physics.C_KMS + rng.normal(0, zerr, n)
+    if "rv_recorded" in stars:
+        z["Z"] = stars["rv_recorded"] / physics.C_KMS
+        zerr = stars["rv_err"] / physics.C_KMS
     z["ZERR"], z["SPECTYPE"], z["DELTACHI2"], z["CHI2"] = zerr, "STAR", 1e4, 8000.0
     with atomic_output(path) as tmp, fitsio.FITS(str(tmp), "rw", clobber=True) as f:
         f.write(None)
@@ -565,14 +700,18 @@ def truth_table(stars: dict[str, np.ndarray], survey: str) -> np.ndarray:
     """One row per spectrum of a survey: SURVEY, SPECID (OBSID / TARGETID), GAIA_ID (one per
     star: an overlap star has the same in both surveys), RA, DEC (deg, as in the file), the
     true labels, RV (km/s), COMPONENT, OVERLAP (1: observed by both surveys), LAMOST_R (the
-    fibre's resolving power at 5500 A; NaN for DESI) and RESID_RMS (rms of the star's
-    residual in ln flux over 4000-5600 A; 0 without residuals)."""
+    fibre's resolving power at 5500 A; NaN for DESI), RESID_RMS (rms of the star's
+    residual in ln flux over 4000-5600 A; 0 without residuals), EBV (mag; 0 without
+    extinction), COMP_FLUX and COMP_TEFF (the unresolved companion's flux ratio at 5000-5600 A
+    and Teff; 0: single or binaries off) and RV_RECORDED (km/s, the RV the file's redshift
+    says; the true RV without RV errors)."""
     n = stars["id"].size
     t = np.zeros(n, dtype=[("SURVEY", "S6"), ("SPECID", "i8"), ("GAIA_ID", "i8"),
                            ("RA", "f8"), ("DEC", "f8"),
                            *[(column(lab), "f4") for lab in LABEL_NAMES], ("RV", "f4"),
                            ("COMPONENT", "S5"), ("OVERLAP", "i1"), ("LAMOST_R", "f4"),
-                           ("RESID_RMS", "f4")])
+                           ("RESID_RMS", "f4"), ("EBV", "f4"), ("COMP_FLUX", "f4"),
+                           ("COMP_TEFF", "f4"), ("RV_RECORDED", "f4")])
     t["SURVEY"], t["SPECID"], t["GAIA_ID"] = survey, stars["id"], stars["gaia_id"]
     t["RA"], t["DEC"], t["RV"] = stars["ra"], stars["dec"], stars["rv"]
     for lab in LABEL_NAMES:
@@ -581,6 +720,10 @@ def truth_table(stars: dict[str, np.ndarray], survey: str) -> np.ndarray:
     t["OVERLAP"] = stars.get("overlap", np.zeros(n, bool))
     t["LAMOST_R"] = stars.get("lamost_r", np.full(n, np.nan))
     t["RESID_RMS"] = stars.get("resid_rms", np.zeros(n))
+    t["EBV"] = stars.get("ebv", np.zeros(n))
+    t["COMP_FLUX"] = stars.get("comp_flux", np.zeros(n))
+    t["COMP_TEFF"] = stars.get("comp_teff", np.zeros(n))
+    t["RV_RECORDED"] = stars.get("rv_recorded", stars["rv"])
     return t
 
 
