@@ -6,9 +6,9 @@ Fabricates, under ``--workdir``, a DESI manifest (the columns the VAC reads, FIL
 candidates x 4 labels) for N spectra, then runs ``specbridge vac`` (the catalogue of every
 observation, its HDF5 twin and the DESI layout) under ``/usr/bin/time`` and prints peak RSS,
 rows/s and disk. The synthetic survey: positions uniform over a footprint of N / 250 HEALPix
-pixels at nside 64 (≈ 250 spectra per pixel and SURVEY-PROGRAM-less pixel, about DESI DR1's
-stellar density), SURVEY-PROGRAM main-bright 70 %, main-backup 20 %, sv3-bright 10 %, 15 % of
-the rows repeating an earlier TARGETID in another program, 2 % fatal in the manifest (no
+pixels at nside 64 (≈ 250 spectra per pixel, about DESI DR1's stellar density), files of 500
+consecutive rows each of one SURVEY-PROGRAM (main-bright 70 %, main-backup 20 %, sv3-bright
+10 %), 15 % of the rows repeating an earlier TARGETID, 2 % fatal in the manifest (no
 prediction), shards of 100,000 rows.
 
     python benchmarks/vac_scale.py --n 1000000 --workdir /tmp/vac_scale
@@ -51,7 +51,9 @@ def _rows(n: int, a: int, b: int, seed: int) -> np.ndarray:
     rep = (rng.random(c) < 0.15) & (np.arange(a, b) > 0)
     tid[rep] = 39_600_000_000_000_000 + rng.integers(0, np.maximum(np.arange(a, b)[rep], 1))
     t["SPECID"] = tid
-    k = rng.choice(len(PROGRAMS), c, p=[p[2] for p in PROGRAMS])
+    file_no = np.arange(a, b) // 500  # files of 500 consecutive rows, one program each
+    k = np.random.default_rng([seed, 7]).choice(len(PROGRAMS), n // 500 + 1,
+                                                p=[p[2] for p in PROGRAMS])[file_no]
     t["DESI_SURVEY"] = np.array([p[0] for p in PROGRAMS], "S8")[k]
     t["DESI_PROGRAM"] = np.array([p[1] for p in PROGRAMS], "S8")[k]
     frac = min(1.0, n / PER_PIXEL / 49_152)  # footprint: a fraction of the sky in RA
@@ -67,7 +69,8 @@ def _rows(n: int, a: int, b: int, seed: int) -> np.ndarray:
     names = np.char.add(np.char.add(np.char.add(b"/global/cfs/cdirs/desi/spectro/redux/iron/"
                                                 b"healpix/coadd-", t["DESI_SURVEY"]), b"-"),
                         t["DESI_PROGRAM"])
-    t["FILE"] = np.char.add(names, np.char.add(b"-", (np.arange(a, b) // 500).astype("S8")))
+    t["FILE"] = np.char.add(np.char.add(names, b"-"), np.char.add(file_no.astype("S8"),
+                                                                   b".fits"))
     return t
 
 
@@ -115,6 +118,36 @@ def fabricate(n: int, workdir: Path, n_cands: int, seed: int = 1) -> tuple[Path,
     return manifest, pred
 
 
+def keys_at_scale(n: int, block_rows: int = 250_000, seed: int = 1) -> None:
+    """The part of the VAC whose memory grows with N, alone: the keys of N rows (as
+    vac.stream.scan_keys holds them), PRIMARY and the DESI order (vac.stream.output_order),
+    with this process's peak RSS. Arrays are made in memory; no files."""
+    import resource
+
+    from specbridge.vac.catalogue import primary_mask
+    from specbridge.vac.stream import output_order
+
+    rng = np.random.default_rng(seed)
+    t0 = time.process_time()
+    specid = 39_600_000_000_000_000 + np.arange(n)
+    rep = rng.random(n) < 0.15
+    specid[rep] = specid[rng.integers(0, n, int(rep.sum()))]
+    sp = rng.choice(3, n, p=[p[2] for p in PROGRAMS]).astype(np.int16)
+    healpix = rng.integers(0, max(1, n // PER_PIXEL), n).astype(np.int32)
+    shard, pos = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
+    usable = rng.random(n) > 0.02
+    snr = rng.uniform(1, 100, n).astype(np.float32)
+    primary = primary_mask(specid, usable, snr)
+    del usable, snr
+    out_pos, sp_sorted, file_key, bounds = output_order(sp, healpix, block_rows)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kept = sum(a.nbytes for a in (specid, sp, healpix, shard, pos, primary, out_pos,
+                                  sp_sorted, file_key)) / 1e6
+    print(f"keys of N = {n:,}: {time.process_time() - t0:.1f} s CPU, peak RSS {peak:,.0f} MB "
+          f"({int(primary.sum()):,} PRIMARY, {bounds.size - 1} blocks; arrays kept: "
+          f"{kept:,.0f} MB)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100_000, help="spectra (rows)")
@@ -122,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", type=int, default=4, help="candidates (at most 8)")
     ap.add_argument("--config", default="config.yaml", help="config (its vac section)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--keys-only", action="store_true",
+                    help="measure only the part whose memory grows with N (no files)")
     args = ap.parse_args(argv)
+    if args.keys_only:
+        keys_at_scale(args.n)
+        return 0
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     t0 = time.monotonic()
@@ -130,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     t_fab = time.monotonic() - t0
     inputs = sum(p.stat().st_size for p in args.workdir.rglob("*") if p.is_file())
     out = args.workdir / "vac"
-    cmd = ["/usr/bin/time", "-f", "peak %M kB", "specbridge", "vac", "--config", args.config,
-           "--predictions", str(pred), "--manifest", str(manifest), "--fits",
+    cmd = ["/usr/bin/time", "-f", "peak %M kB cpu %U %S s", "specbridge", "vac", "--config",
+           args.config, "--predictions", str(pred), "--manifest", str(manifest), "--fits",
            str(out / "vac-v1.fits"), "--hdf5", str(out / "vac-v1.h5"), "--tree",
            str(out / "v1")]
     t0 = time.monotonic()
@@ -140,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     if r.returncode:
         print(r.stderr[-3000:])
         return 1
-    peak_mb = int(re.search(r"peak (\d+) kB", r.stderr)[1]) / 1024
+    usage = re.search(r"peak (\d+) kB cpu ([\d.]+) ([\d.]+) s", r.stderr)
+    peak_mb, cpu = int(usage[1]) / 1024, float(usage[2]) + float(usage[3])
     for line in r.stderr.splitlines():
         if "rows (one per" in line:
             print("vac log:", line.split("] ", 1)[-1].split(": ", 1)[-1])
@@ -148,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(p.stat().st_size for p in files)
     print(f"N = {args.n:,} rows, {args.candidates} candidates: fabricated in {t_fab:.0f} s "
           f"({inputs / 1e9:.2f} GB of inputs)")
-    print(f"vac: {wall:.1f} s wall, {args.n / wall:,.0f} rows/s, peak RSS {peak_mb:,.0f} MB; "
+    print(f"vac: {wall:.1f} s wall ({args.n / wall:,.0f} rows/s), {cpu:.1f} s CPU "
+          f"({args.n / cpu:,.0f} rows per CPU-second), peak RSS {peak_mb:,.0f} MB; "
           f"{len(files):,} files, {size / 1e9:.2f} GB ({size / args.n:.0f} bytes/row)")
     if not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)

@@ -291,3 +291,67 @@ def test_rerun_after_lost_shards_gives_the_same_vac(vac_run, tool_env):
         for c in a[hdu].dtype.names:
             np.testing.assert_array_equal(a[hdu][c], b[hdu][c], err_msg=f"{hdu}.{c}")
     shutil.rmtree(again)
+
+
+# ---- the pieces, without the pipeline --------------------------------------------------------
+
+def test_primary_rule():
+    from specbridge.vac.catalogue import primary_mask
+
+    tid = np.array([7, 7, 7, 9, 9, 5, -3, -3, 11, 11, 11])
+    usable = np.array([1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1], bool)
+    snr = np.array([5, 9, 50, np.nan, 2, np.nan, 8, 9, 4, 4, np.nan], np.float32)
+    p = primary_mask(tid, usable, snr)
+    # 7: the best usable S/N (not the fatal row of higher S/N); 9: none usable, a finite
+    # S/N beats NaN; 5: alone; negative IDs: never; 11: a tie goes to the first row
+    assert p.tolist() == [0, 1, 0, 0, 1, 1, 0, 0, 1, 0, 0]
+    for _ in range(5):  # the choice does not depend on the order of the rows
+        perm = np.random.default_rng(_).permutation(tid.size)
+        q = primary_mask(tid[perm], usable[perm], snr[perm])
+        s = np.nan_to_num(snr, nan=-1)
+        assert sorted(zip(tid[perm][q], s[perm][q], strict=True)) == sorted(
+            zip(tid[p], s[p], strict=True))
+
+
+def test_fits_row_bytes_are_what_cfitsio_writes(tmp_path):
+    from specbridge.vac.catalogue import empty_table, hdu_columns
+    from specbridge.vac.stream import fits_row_bytes
+
+    cols = hdu_columns(["teff", "logg", "feh", "alpha_fe"], ["mlp_a", "mlp_b"])
+    rng = np.random.default_rng(3)
+    for name, c in cols.items():
+        t = empty_table(c, 57)
+        for f in t.dtype.names:
+            kind = t.dtype[f].kind
+            t[f] = (rng.normal(size=57) if kind == "f" else rng.integers(-1, 3, 57)
+                    if kind == "i" else rng.random(57) < 0.5 if kind == "b" else
+                    [b"main", b"", b"no pixel with ivar > 0"][rng.integers(3)])
+        path = tmp_path / f"{name}.fits"
+        with fitsio.FITS(str(path), "rw", clobber=True) as f:
+            f.write(t, extname=name)
+            start = f[1].get_offsets()["data_start"]
+        raw = path.read_bytes()[start:start + t.dtype.itemsize * t.size]
+        assert fits_row_bytes(t) == raw, name
+
+
+def test_blocks_hold_whole_files():
+    from specbridge.vac.stream import plan_blocks
+
+    key = np.repeat([1, 2, 3, 4, 5], [3, 10, 2, 2, 1])
+    b = plan_blocks(key, 4)
+    assert b.tolist() == [0, 3, 13, 17, 18]  # the 10-row file alone, the others packed <= 4
+    starts = set(np.flatnonzero(np.diff(key)) + 1) | {0, key.size}
+    assert set(b.tolist()) <= starts
+    assert plan_blocks(key, 100).tolist() == [0, 18]
+    assert plan_blocks(np.zeros(0, np.int64), 5).tolist() == [0]
+
+
+def test_layout_paths():
+    from specbridge.vac import layout
+
+    p = layout.healpix_file("/v1", "sb", "v1", "main", "bright", 10016)
+    assert str(p) == "/v1/healpix/main/bright/100/10016/sb-main-bright-10016-v1.fits"
+    p = layout.healpix_file("/v1", "sb", "v1", "", "", -1)
+    assert str(p) == "/v1/healpix/unknown/unknown/nopix/sb-unknown-unknown-nopix-v1.fits"
+    assert str(layout.merged_file("/v1", "sb", "v2", "sv3", "dark")) == "/v1/sb-sv3-dark-v2.fits"
+    assert layout.hpixgroup(99) == 0 and layout.hpixgroup(49151) == 491

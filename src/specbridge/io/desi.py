@@ -168,9 +168,11 @@ def file_layout(path: str | Path) -> str:
 
 #: DESI file names that carry the survey and program, as desispec writes them for
 #: HEALPix-grouped files: ``coadd-main-bright-12345.fits``, ``spectra-sv3-dark-9876.fits``,
-#: ``redrock-...``, ``zbest-...`` (optionally gzipped).
+#: ``redrock-...``, ``zbest-...`` (optionally gzipped). SURVEY and PROGRAM start with a letter,
+#: so tile-grouped names (``coadd-PETAL-TILEID-NIGHT``, ``coadd-PETAL-TILEID-thruNIGHT``) do
+#: not match.
 _GROUPED_NAME = re.compile(r"^(?:coadd|spectra|redrock|zbest|rrdetails|tilecoadd)-"
-                           r"(?P<survey>[a-z0-9]+)-(?P<program>[a-z0-9]+)-(?P<pix>\d+)"
+                           r"(?P<survey>[a-z][a-z0-9]*)-(?P<program>[a-z][a-z0-9]*)-(?P<pix>\d+)"
                            r"\.fits(?:\.gz)?$")
 #: the width of the SURVEY and PROGRAM columns downstream (DESI's are 'main', 'special', ...,
 #: 'bright', 'backup', 'other')

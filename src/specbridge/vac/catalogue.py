@@ -156,15 +156,18 @@ def read_manifest_chunk(hdu: fitsio.hdu.TableHDU, start: int, stop: int,
         want.append("FILE")
     data = hdu[[c for c in want if c in present]][start:stop]
     out = {c: data[c] for c in data.dtype.names}
-    if "FILE" in out:  # few distinct files: each name is derived once
-        uniq, inv = np.unique(out["FILE"], return_inverse=True)
-        names = [Path(fits_text(v)).name for v in uniq]
-        out["FILE"] = np.array([n[:96].encode() for n in names] or [b""], "S96")[inv.ravel()]
+    if "FILE" in out:  # a file's rows are consecutive: each name is derived once per run
+        col = out["FILE"]
+        starts = np.flatnonzero(np.concatenate([[True], col[1:] != col[:-1]]))
+        run = np.zeros(col.size, np.int64)
+        run[starts] = 1
+        run = np.cumsum(run) - 1  # (c,) index of each row's run
+        names = [Path(fits_text(col[i])).name for i in starts]
+        out["FILE"] = np.array([n[:96].encode() for n in names] or [b""], "S96")[run]
         if legacy:
             sp = [survey_program_from_name(n) for n in names] or [("", "")]
-            out["DESI_SURVEY"] = np.array([a.encode() for a, _ in sp], f"S{SP_LEN}")[inv.ravel()]
-            out["DESI_PROGRAM"] = np.array([b.encode() for _, b in sp],
-                                           f"S{SP_LEN}")[inv.ravel()]
+            out["DESI_SURVEY"] = np.array([a.encode() for a, _ in sp], f"S{SP_LEN}")[run]
+            out["DESI_PROGRAM"] = np.array([b.encode() for _, b in sp], f"S{SP_LEN}")[run]
     for c in ("DESI_SURVEY", "DESI_PROGRAM", "OBJTYPE", "CLASS", "FLAG_REASON"):
         if c in out:
             out[c] = np.char.strip(np.asarray(out[c]).astype("S"))

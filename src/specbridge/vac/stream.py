@@ -54,60 +54,90 @@ Cards = list[tuple[str, Any, str]]
 
 # ---- writers that grow a chunk at a time -------------------------------------------------------
 
+def fits_row_bytes(table: np.ndarray) -> bytes:
+    """The rows of a structured array as the data of a FITS binary table (the bytes cfitsio
+    writes for it, as fitsio maps the dtype): numbers big-endian, strings as they are (NUL
+    padded), bool as the logical 'T'/'F', int8 as unsigned bytes with TZERO = -128."""
+    fields = []
+    for name in table.dtype.names:
+        dt = table.dtype[name]
+        fields.append((name, "u1" if dt.kind == "b" or dt == np.dtype("i1") else
+                       dt.newbyteorder(">") if dt.kind in "iuf" else dt))
+    out = np.empty(table.size, fields)
+    for name in table.dtype.names:
+        dt = table.dtype[name]
+        if dt.kind == "b":
+            out[name] = np.where(table[name], ord("T"), ord("F"))
+        elif dt == np.dtype("i1"):
+            out[name] = (table[name].astype(np.int16) + 128).astype(np.uint8)
+        else:
+            out[name] = table[name]
+    return out.tobytes()
+
+
+def _set_naxis2(header: bytes, nrows: int) -> bytes:
+    """A binary-table header (whole 2880-byte blocks) with NAXIS2 set to ``nrows``."""
+    cards = [header[k:k + 80] for k in range(0, len(header), 80)]
+    for k, card in enumerate(cards):
+        if card.startswith(b"NAXIS2  ="):
+            cards[k] = f"NAXIS2  = {nrows:>20d} / number of rows in table".ljust(80).encode()
+            return b"".join(cards)
+    raise ValueError("no NAXIS2 card in a binary-table header")
+
+
 class FitsAppender:
     """A FITS file of row-matched table HDUs written a chunk at a time in bounded memory.
 
-    Each table grows in its own temporary single-table file (appending rows to the last HDU
-    of a FITS file is cheap; to an earlier one, cfitsio moves everything after it). ``close``
-    joins them behind the primary HDU byte for byte (a FITS file is its HDUs end to end,
-    each padded to 2880 bytes), then writes CHECKSUM/DATASUM on every HDU; the file appears
-    under its name only then (atomic)."""
+    Each table's rows go, as FITS binary-table bytes (:func:`fits_row_bytes`), to their own
+    temporary file (cfitsio writes a table column by column, which costs several times more
+    for large chunks, and can only append cheaply to the last HDU). ``close`` writes the
+    headers with fitsio (tables of 0 rows), then the file: primary HDU, and per table its
+    header with NAXIS2 set, its rows and the zero padding to 2880 bytes; then CHECKSUM and
+    DATASUM on every HDU. The file appears under its name only then (atomic)."""
 
     def __init__(self, path: str | Path, columns: Columns, candidates: Sequence[str],
                  workdir: str | Path):
         self.path = Path(path)
         self.columns, self.candidates = columns, list(candidates)
         self.nrows = 0
-        self._parts: dict[str, Path] = {}
-        self._fits: dict[str, fitsio.FITS] = {}
-        for name in HDUS:
-            part = Path(workdir) / f"{self.path.stem}.{name}.part.fits"
-            f = fitsio.FITS(str(part), "rw", clobber=True)
-            f.write(None)
-            f.create_table_hdu(dtype=np.dtype([(c[0], c[1]) for c in columns[name]]),
-                               extname=name, units=[c[2] for c in columns[name]])
-            self._parts[name], self._fits[name] = part, f
+        self._parts = {name: Path(workdir) / f"{self.path.stem}.{name}.part" for name in HDUS}
+        self._fh = {name: open(self._parts[name], "wb") for name in HDUS}
 
     def append(self, tables: dict[str, np.ndarray]) -> None:
         """Append rows (the same count to every HDU)."""
         n = {tables[name].size for name in HDUS}
         if len(n) != 1:
             raise ValueError(f"{self.path}: tables are not row-matched ({sorted(n)})")
-        if not (k := n.pop()):
-            return
         for name in HDUS:
-            self._fits[name][-1].append(tables[name])
-        self.nrows += k
+            self._fh[name].write(fits_row_bytes(tables[name]))
+        self.nrows += n.pop()
 
     def close(self, cards: Cards) -> Path:
         """Write the file with primary-header ``cards`` and remove the temporary parts."""
-        for name in HDUS:
-            f = self._fits[name]
-            write_cards(f[-1], table_header(name, self.columns[name], self.nrows,
-                                            self.candidates))
-            f.close()
+        for fh in self._fh.values():
+            fh.close()
         with atomic_output(self.path) as tmp:
             with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
                 f.write(None)
                 write_cards(f[0], [("EXTNAME", "PRIMARY", "provenance of the catalogue"),
                                    *cards])
-            with open(tmp, "ab") as out:
                 for name in HDUS:
-                    with fitsio.FITS(str(self._parts[name])) as f:
-                        start = f[1].get_offsets()["header_start"]
+                    cols = self.columns[name]
+                    f.create_table_hdu(dtype=np.dtype([(c[0], c[1]) for c in cols]),
+                                       extname=name, units=[c[2] for c in cols])
+                    write_cards(f[-1], table_header(name, cols, self.nrows, self.candidates))
+            with fitsio.FITS(str(tmp)) as f:  # the offsets once cfitsio has closed the file
+                offsets = [f[k].get_offsets() for k in range(len(HDUS) + 1)]
+            skeleton = tmp.read_bytes()  # headers only: a few blocks
+            with open(tmp, "wb") as out:
+                out.write(skeleton[:offsets[1]["header_start"]])
+                for k, name in enumerate(HDUS, start=1):
+                    out.write(_set_naxis2(skeleton[offsets[k]["header_start"]:
+                                                   offsets[k]["data_start"]], self.nrows))
                     with open(self._parts[name], "rb") as src:
-                        src.seek(start)
                         shutil.copyfileobj(src, out, 1 << 22)
+                    size = self._parts[name].stat().st_size
+                    out.write(b"\0" * (-size % 2880))
             with fitsio.FITS(str(tmp), "rw") as f:
                 for hdu in f:
                     hdu.write_checksum()
@@ -117,7 +147,7 @@ class FitsAppender:
     def discard(self) -> None:
         """Close and remove the temporary parts (after close, or on failure)."""
         for name in HDUS:
-            self._fits[name].close()
+            self._fh[name].close()
             self._parts[name].unlink(missing_ok=True)
 
 
@@ -232,6 +262,22 @@ def plan_blocks(file_key: np.ndarray, block_rows: int) -> np.ndarray:
     if bounds[-1] != n:
         bounds.append(n)
     return np.asarray(bounds, np.int64)
+
+
+def output_order(sp: np.ndarray, healpix: np.ndarray, block_rows: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The DESI order of the rows (by SURVEY-PROGRAM code ``sp``, then ``healpix``, then
+    manifest order): ``out_pos`` (n,) i8, each manifest row's output position; ``sp_sorted``
+    (n,) and ``file_key`` (n,) i8, the code and file of each output position; ``bounds``,
+    the blocks (:func:`plan_blocks`)."""
+    n = sp.size
+    order = np.lexsort((healpix, sp))
+    out_pos = np.empty(n, np.int64)
+    out_pos[order] = np.arange(n)
+    sp_sorted = sp[order]
+    file_key = sp_sorted.astype(np.int64) * (1 << 32) + healpix[order] + 1
+    del order
+    return out_pos, sp_sorted, file_key, plan_blocks(file_key, block_rows)
 
 
 # ---- pass 1: rows in manifest order -----------------------------------------------------------
@@ -352,13 +398,8 @@ def build(predictions: str | Path, manifest: str | Path, fits_path: str | Path,
             hdu = mf["MANIFEST"]
             keys = scan_keys(shards, hdu, chunk_rows)
             n = keys.specid.size
-            order = np.lexsort((keys.healpix, keys.sp))
-            out_pos = np.empty(n, np.int64)
-            out_pos[order] = np.arange(n)
-            sp_sorted = keys.sp[order]
-            file_key = sp_sorted.astype(np.int64) * (1 << 32) + keys.healpix[order] + 1
-            bounds = plan_blocks(file_key, block_rows)
-            del order
+            out_pos, sp_sorted, file_key, bounds = output_order(keys.sp, keys.healpix,
+                                                                block_rows)
             t1 = time.monotonic()
             n_missing = 0
             with ExitStack() as stack:
