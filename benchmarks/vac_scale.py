@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", type=int, default=4, help="candidates (at most 8)")
     ap.add_argument("--config", default="config.yaml", help="config (its vac section)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--no-tree", action="store_true",
+                    help="the catalogue of every observation and its HDF5 twin only (no "
+                         "per-HEALPix files nor SURVEY-PROGRAM catalogues)")
     ap.add_argument("--keys-only", action="store_true",
                     help="measure only the part whose memory grows with N (no files)")
     args = ap.parse_args(argv)
@@ -170,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.workdir / "vac"
     cmd = ["/usr/bin/time", "-f", "peak %M kB cpu %U %S s", "specbridge", "vac", "--config",
            args.config, "--predictions", str(pred), "--manifest", str(manifest), "--fits",
-           str(out / "vac-v1.fits"), "--hdf5", str(out / "vac-v1.h5"), "--tree",
-           str(out / "v1")]
+           str(out / "vac-v1.fits"), "--hdf5", str(out / "vac-v1.h5")]
+    if not args.no_tree:
+        cmd += ["--tree", str(out / "v1")]
     t0 = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.monotonic() - t0
