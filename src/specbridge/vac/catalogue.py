@@ -1,7 +1,8 @@
-"""The value-added catalogue: one row per input DESI spectrum (manifest order, keyed by
-TARGETID), as FITS (fitsio: PARAMS, CANDIDATES, FIBERMAP; units, EXTNAME, CHECKSUM/DATASUM,
-provenance) and an HDF5 twin with the same content. Column definitions live here once and
-are rendered into docs/datamodel/vac.md."""
+"""The value-added catalogue's columns and rows: one row per input DESI spectrum (keyed by
+TARGETID, SURVEY and PROGRAM, one PRIMARY row per star), as FITS (fitsio: PARAMS, CANDIDATES,
+FIBERMAP; units, EXTNAME, CHECKSUM/DATASUM, provenance) and an HDF5 twin with the same content.
+Column definitions live here once and are rendered into docs/datamodel/vac.md; the files are
+written by :mod:`specbridge.vac.stream` in the layout of :mod:`specbridge.vac.layout`."""
 
 from __future__ import annotations
 
