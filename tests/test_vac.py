@@ -227,6 +227,22 @@ def test_desi_layout_partitions_the_rows(vac_run):
     for m in in_merged:
         assert len(set(m["PARAMS"]["SURVEY"])) == 1
         assert (np.diff(m["FIBERMAP"]["HEALPIX"]) >= 0).all()  # in HEALPix order
+    # value for value: the HEALPix files, in order, are the SURVEY-PROGRAM catalogues, and
+    # both are the catalogue of every observation reordered
+    order = np.lexsort((full["FIBERMAP"]["ROW"], full["FIBERMAP"]["FILE"]))
+    by_pixel = sorted(pixels, key=lambda f: f.relative_to(tree / "healpix").parts[:2] + (
+        fitsio.read_header(f, 0)["HPXPIXEL"],))
+    tables = [[read_fits_tables(f) for f in by_pixel], in_merged]
+    for parts in tables:
+        for hdu in full:
+            cat = np.concatenate([t[hdu] for t in parts])
+            fib = np.concatenate([t["FIBERMAP"] for t in parts])
+            mine = np.lexsort((fib["ROW"], fib["FILE"]))
+            for c in full[hdu].dtype.names:
+                np.testing.assert_array_equal(cat[c][mine], full[hdu][c][order], err_msg=c)
+    for a, b in zip(np.concatenate([t["PARAMS"] for t in tables[0]]),
+                    np.concatenate([t["PARAMS"] for t in tables[1]]), strict=True):
+        assert a["TARGETID"] == b["TARGETID"] and a["SURVEY"] == b["SURVEY"]
 
 
 def test_streaming_equals_all_at_once(vac_run, tmp_path):

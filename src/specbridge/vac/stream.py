@@ -75,14 +75,67 @@ def fits_row_bytes(table: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def _set_naxis2(header: bytes, nrows: int) -> bytes:
-    """A binary-table header (whole 2880-byte blocks) with NAXIS2 set to ``nrows``."""
+def set_int_cards(header: bytes, values: dict[str, int]) -> bytes:
+    """A header (whole 80-byte cards) with the integer keywords of ``values`` set, each in
+    FITS fixed format (right-justified to column 30, the comment kept). Every keyword must be
+    present once."""
     cards = [header[k:k + 80] for k in range(0, len(header), 80)]
+    found = set()
     for k, card in enumerate(cards):
-        if card.startswith(b"NAXIS2  ="):
-            cards[k] = f"NAXIS2  = {nrows:>20d} / number of rows in table".ljust(80).encode()
-            return b"".join(cards)
-    raise ValueError("no NAXIS2 card in a binary-table header")
+        key = card[:8].decode("ascii").strip()
+        if key in values and card[8:10] == b"= ":
+            cards[k] = card[:10] + f"{int(values[key]):>20d}".encode() + card[30:]
+            found.add(key)
+    if found != set(values):
+        raise ValueError(f"header lacks {sorted(set(values) - found)}")
+    return b"".join(cards)
+
+
+class HeaderTemplate:
+    """The headers of a catalogue file, written once by fitsio (tables of 0 rows, integer
+    placeholders) and reused for every file that differs only in integer keywords (NAXIS2,
+    NSPEC, HPXPIXEL): a file is then its headers with those set, each table's rows as FITS
+    bytes (:func:`fits_row_bytes`) zero-padded to 2880, and CHECKSUM/DATASUM written by
+    fitsio. fitsio's header writing (~10 ms a file) is paid once, not per HEALPix file."""
+
+    def __init__(self, columns: Columns, cards: Cards, candidates: Sequence[str],
+                 workdir: str | Path):
+        path = Path(workdir) / f".template-{id(self)}.fits"
+        with fitsio.FITS(str(path), "rw", clobber=True) as f:
+            f.write(None)
+            write_cards(f[0], [("EXTNAME", "PRIMARY", "provenance of the catalogue"), *cards])
+            for name in HDUS:
+                cols = columns[name]
+                f.create_table_hdu(dtype=np.dtype([(c[0], c[1]) for c in cols]),
+                                   extname=name, units=[c[2] for c in cols])
+                write_cards(f[-1], table_header(name, cols, 0, candidates))
+        with fitsio.FITS(str(path)) as f:  # the offsets once cfitsio has closed the file
+            offsets = [f[k].get_offsets() for k in range(len(HDUS) + 1)]
+        raw = path.read_bytes()
+        path.unlink()
+        self.headers = [raw[o["header_start"]:o["data_start"]] for o in offsets]
+
+    def write(self, path: Path, nrows: int, data: dict[str, Any],
+              primary_ints: dict[str, int]) -> None:
+        """Write ``path`` (not atomically: callers rename it or its directory): ``data`` per
+        table is its rows' bytes or the path of a file holding them; ``primary_ints`` sets
+        integer keywords of the primary header (NSPEC...)."""
+        with open(path, "wb") as out:
+            out.write(set_int_cards(self.headers[0], primary_ints))
+            for k, name in enumerate(HDUS, start=1):
+                out.write(set_int_cards(self.headers[k], {"NAXIS2": nrows, "NSPEC": nrows}))
+                part = data[name]
+                if isinstance(part, Path):
+                    with open(part, "rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 22)
+                    size = part.stat().st_size
+                else:
+                    out.write(part)
+                    size = len(part)
+                out.write(b"\0" * (-size % 2880))
+        with fitsio.FITS(str(path), "rw") as f:
+            for hdu in f:
+                hdu.write_checksum()
 
 
 class FitsAppender:
@@ -90,17 +143,17 @@ class FitsAppender:
 
     Each table's rows go, as FITS binary-table bytes (:func:`fits_row_bytes`), to their own
     temporary file (cfitsio writes a table column by column, which costs several times more
-    for large chunks, and can only append cheaply to the last HDU). ``close`` writes the
-    headers with fitsio (tables of 0 rows), then the file: primary HDU, and per table its
-    header with NAXIS2 set, its rows and the zero padding to 2880 bytes; then CHECKSUM and
-    DATASUM on every HDU. The file appears under its name only then (atomic)."""
+    for large chunks, and can only append cheaply to the last HDU); ``close`` joins them
+    behind the headers (:class:`HeaderTemplate`) and writes the checksums. The file appears
+    under its name only then (atomic)."""
 
     def __init__(self, path: str | Path, columns: Columns, candidates: Sequence[str],
                  workdir: str | Path):
         self.path = Path(path)
         self.columns, self.candidates = columns, list(candidates)
+        self.workdir = Path(workdir)
         self.nrows = 0
-        self._parts = {name: Path(workdir) / f"{self.path.stem}.{name}.part" for name in HDUS}
+        self._parts = {name: self.workdir / f"{self.path.stem}.{name}.part" for name in HDUS}
         self._fh = {name: open(self._parts[name], "wb") for name in HDUS}
 
     def append(self, tables: dict[str, np.ndarray]) -> None:
@@ -116,31 +169,9 @@ class FitsAppender:
         """Write the file with primary-header ``cards`` and remove the temporary parts."""
         for fh in self._fh.values():
             fh.close()
+        template = HeaderTemplate(self.columns, cards, self.candidates, self.workdir)
         with atomic_output(self.path) as tmp:
-            with fitsio.FITS(str(tmp), "rw", clobber=True) as f:
-                f.write(None)
-                write_cards(f[0], [("EXTNAME", "PRIMARY", "provenance of the catalogue"),
-                                   *cards])
-                for name in HDUS:
-                    cols = self.columns[name]
-                    f.create_table_hdu(dtype=np.dtype([(c[0], c[1]) for c in cols]),
-                                       extname=name, units=[c[2] for c in cols])
-                    write_cards(f[-1], table_header(name, cols, self.nrows, self.candidates))
-            with fitsio.FITS(str(tmp)) as f:  # the offsets once cfitsio has closed the file
-                offsets = [f[k].get_offsets() for k in range(len(HDUS) + 1)]
-            skeleton = tmp.read_bytes()  # headers only: a few blocks
-            with open(tmp, "wb") as out:
-                out.write(skeleton[:offsets[1]["header_start"]])
-                for k, name in enumerate(HDUS, start=1):
-                    out.write(_set_naxis2(skeleton[offsets[k]["header_start"]:
-                                                   offsets[k]["data_start"]], self.nrows))
-                    with open(self._parts[name], "rb") as src:
-                        shutil.copyfileobj(src, out, 1 << 22)
-                    size = self._parts[name].stat().st_size
-                    out.write(b"\0" * (-size % 2880))
-            with fitsio.FITS(str(tmp), "rw") as f:
-                for hdu in f:
-                    hdu.write_checksum()
+            template.write(tmp, self.nrows, dict(self._parts), {})
         self.discard()
         return self.path
 
@@ -450,10 +481,9 @@ def _write_layout(spill: Path, tree: Path, sp_names: list[tuple[str, str]],
     each SURVEY-PROGRAM (written one SURVEY-PROGRAM at a time, in sorted order).
     ``sp_sorted`` (n,) is the SURVEY-PROGRAM code of each row in output order, ``file_key``
     (n,) its file's key, ``bounds`` the blocks (:func:`plan_blocks`)."""
-    from specbridge.vac.catalogue import write_fits
-
     n = int(bounds[-1])
     current: tuple[int, FitsAppender] | None = None
+    templates: dict[int, HeaderTemplate] = {}
     merged: list[Path] = []
     nfiles = 0
 
@@ -475,11 +505,16 @@ def _write_layout(spill: Path, tree: Path, sp_names: list[tuple[str, str]],
                 s, p = sp_names[code]
                 pixel = int(rows["FIBERMAP"]["HEALPIX"][i])
                 part = {h: rows[h][i:j] for h in HDUS}
-                extra = [("SURVEY", s, "DESI SURVEY of every row"),
-                         ("PROGRAM", p, "DESI PROGRAM of every row"),
-                         ("HPXPIXEL", pixel, "HEALPix pixel of this file (-1: none)")]
-                write_fits(layout.healpix_file(tree, name, version, s, p, pixel), part,
-                           columns, file_cards(base, j - i, extra), cands, atomic=False)
+                if code not in templates:  # one header template per SURVEY-PROGRAM
+                    extra = [("SURVEY", s, "DESI SURVEY of every row"),
+                             ("PROGRAM", p, "DESI PROGRAM of every row"),
+                             ("HPXPIXEL", 0, "HEALPix pixel of this file (-1: none)")]
+                    templates = {code: HeaderTemplate(columns, file_cards(base, 0, extra),
+                                                      cands, spill)}
+                path = layout.healpix_file(tree, name, version, s, p, pixel)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                templates[code].write(path, j - i, {h: fits_row_bytes(part[h]) for h in HDUS},
+                                      {"NSPEC": j - i, "HPXPIXEL": pixel})
                 nfiles += 1
                 if current is None or current[0] != code:
                     finish()
