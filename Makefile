@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/snakemake --cores $(CORES) --printshellcmds
 	$(BIN)/snakemake --report results/report/snakemake-report.html
 	@echo
-	@echo "catalogue:  results/vac/specbridge-vac.fits (+ .h5, per-HEALPix files in results/vac/healpix/)"
+	@echo "catalogue:  results/vac/specbridge-vac-v1.fits (+ .h5; DESI layout in results/vac/v1/: healpix/SURVEY/PROGRAM/HPIXGROUP/HEALPIX/, per SURVEY-PROGRAM)"
 	@echo "report:     results/report/index.html  (Snakemake report: results/report/snakemake-report.html)"
 	@echo "evaluation: results/evaluation/metrics.md"
 

@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     vac = args.workdir / "vac"
     vcmd = ["specbridge", "vac", "--config", cfg, "--predictions", str(out), "--manifest",
             str(manifest), "--fits", str(vac / "vac.fits"), "--hdf5", str(vac / "vac.h5"),
-            "--healpix-dir", str(vac / "healpix")]
+            "--tree", str(vac / "v1")]
     t0 = time.monotonic()
     r = subprocess.run(["/usr/bin/time", "-f", "peak %M kB", *vcmd], capture_output=True,
                        text=True, env=env)
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
         assert h["PARAMS/TARGETID"].shape[0] == args.n
     size = sum(p.stat().st_size for p in vac.rglob("*") if p.is_file()) / 1e9
     print(f"vac: {t_vac:.1f} s in all; {size:.2f} GB written; "
-          f"{len(list((vac / 'healpix').glob('*.fits')))} HEALPix files")
+          f"{len(list((vac / 'v1' / 'healpix').rglob('*.fits')))} HEALPix files")
     print(f"this process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
           " MB")
     if not args.keep:

@@ -139,3 +139,41 @@ def test_every_real_file_has_its_expected_outcome(desi_dir, name):
     for arm in desi.desi_arms(desi_dir / name):
         w = desi.read_arm(desi_dir / name, arm, parts=()).wave
         assert np.all(np.diff(w) > 0) and 3600 <= w[0] and w[-1] < 9825
+
+
+# file -> (SURVEY, PROGRAM) as DESI records them: the primary header of HEALPix-grouped files;
+# the tile-grouped (cumulative) files of this vintage carry neither, nor does their name
+SURVEY_PROGRAM = {
+    "coadd-5-169-thru20210419.fits": ("", ""),
+    "spectra-5-169-thru20210419.fits": ("", ""),
+    "coadd-sv3-dark-26065.fits": ("sv3", "dark"),
+    "spectra-sv3-dark-26065.fits": ("sv3", "dark"),
+    "fsf-coadd-4-80613-thru20210324.fits": ("", ""),
+    "fsf-coadd-special-dark-27247.fits": ("special", "dark"),
+    "quasarnp-test_coadd.fits": ("", ""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SURVEY_PROGRAM))
+def test_survey_and_program_of_real_files(desi_dir, name):
+    assert desi.read_survey_program(desi_dir / name) == SURVEY_PROGRAM[name]
+
+
+def test_survey_and_program_from_names_and_headers(desi_dir, tmp_path):
+    assert desi.survey_program_from_name("coadd-main-bright-10016.fits") == ("main", "bright")
+    assert desi.survey_program_from_name("spectra-sv3-dark-26065.fits.gz") == ("sv3", "dark")
+    assert desi.survey_program_from_name("/a/b/redrock-main-backup-7.fits") == ("main", "backup")
+    for other in ("coadd-5-169-thru20210419.fits", "coadd-0-80605-20201215.fits",
+                  "coadd-main-bright.fits", "nan_b.fits",
+                  "fsf-coadd-special-dark-27247.fits"):
+        assert desi.survey_program_from_name(other) == ("", ""), other
+    # the header wins over the name; the name fills in where the header says nothing
+    assert desi.survey_program("coadd-main-dark-1.fits", {"SURVEY": "SV3 ", "PROGRAM": ""}) \
+        == ("sv3", "dark")
+    assert desi.survey_program("coadd-main-dark-1.fits", None) == ("main", "dark")
+    moved = tmp_path / "coadd-main-bright-26065.fits"
+    moved.write_bytes((desi_dir / "coadd-sv3-dark-26065.fits").read_bytes())
+    assert desi.read_survey_program(moved) == ("sv3", "dark")
+    (tmp_path / "coadd-main-bright-1.fits").write_bytes(b"not FITS")
+    with pytest.raises(FormatError):
+        desi.read_survey_program(tmp_path / "coadd-main-bright-1.fits")

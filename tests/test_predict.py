@@ -28,7 +28,7 @@ from specbridge.io.shards import (
     write_embedding_shard,
     write_shard,
 )
-from specbridge.vac.catalogue import read_fits_tables
+from specbridge.vac.catalogue import candidate_names, read_fits_tables
 
 LABELS = ["teff", "logg", "feh", "alpha_fe"]
 
@@ -250,7 +250,9 @@ def _infer_and_vac(run, tool_env, tag, router=None):
     pred = read_shard(read_index(out / "inf" / "index.h5")[run["nan_shard"]]["path"],
                       ("manifest_row", "flags", "value", "served", "regime",
                        "candidate_value"))
-    return pred, read_fits_tables(out / "vac.fits")
+    vac = read_fits_tables(out / "vac.fits")
+    vac["CANDNAMES"] = candidate_names(out / "vac.fits")  # what *_SOURCE indexes
+    return pred, vac
 
 
 @pytest.fixture(scope="session")
@@ -306,10 +308,10 @@ def test_nan_embedding_keeps_spectrum_mlp_values(nan_embedding_outputs):
     assert np.isfinite(pred["candidate_value"][emb_k][ok]).all()
     # the VAC
     p, c = vac["PARAMS"][row], vac["CANDIDATES"][row]
-    assert np.isnan(p["TEFF"]) and _text(p["TEFF_SOURCE"]) == ""
+    assert np.isnan(p["TEFF"]) and p["TEFF_SOURCE"] == -1
     for lab in ("LOGG", "FEH", "ALPHA_FE"):
         assert np.isfinite(p[lab]) and np.isfinite(p[f"{lab}_ERR"]), lab
-        assert _text(p[f"{lab}_SOURCE"]).startswith("mlp_"), lab
+        assert vac["CANDNAMES"][p[f"{lab}_SOURCE"]].startswith("mlp_"), lab
     assert not flags.is_fatal(p["FLAGS"]) and p["REGIME"] in (METAL_POOR, METAL_RICH)
     for name in names:
         for lab in LABELS:
@@ -328,7 +330,7 @@ def test_nan_router_value_falls_back_and_flags_not_routed(nan_embedding_outputs)
     assert pred["regime"][j] in (METAL_POOR, METAL_RICH)
     assert np.isfinite(pred["value"][j, 1:]).all()
     p = vac["PARAMS"][row]
-    assert "NOT_ROUTED" in _text(p["FLAG_NAMES"]).split(",")
+    assert "NOT_ROUTED" in flags.decode(p["FLAGS"]).item().split(",")
     # rows where the embedding MLP has [Fe/H] are routed by it, without the flag
     ok = np.isfinite(pred["candidate_value"][-1, :, 2])
     assert not (pred["flags"][ok] & flags.flag("NOT_ROUTED")).any()

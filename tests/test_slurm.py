@@ -154,7 +154,7 @@ def test_whole_pipeline_under_slurm_then_rule_level_rerun(slurm_cluster, repo, t
     assert "over 2 ranks" in logs["preprocess_desi"]
     assert "2 rank(s)" in logs["pretrain_mlp"] and "2 rank(s)" in logs["finetune_mlp_lora"]
     assert "[rank 0/2]" in logs["infer"]
-    vac = read_fits_tables(res / "vac" / "specbridge-vac.fits")
+    vac = read_fits_tables(res / "vac" / "specbridge-vac-v1.fits")
     assert len(vac["PARAMS"]) == 400
     assert (res / "report" / "index.html").exists()
 
@@ -170,7 +170,7 @@ def test_whole_pipeline_under_slurm_then_rule_level_rerun(slurm_cluster, repo, t
     assert ran == {"finetune": n_cands, "evaluate": 1, "infer": 1, "vac": 1, "report": 1,
                    "all": 1}
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())
-    again = read_fits_tables(res / "vac" / "specbridge-vac.fits")
+    again = read_fits_tables(res / "vac" / "specbridge-vac-v1.fits")
     assert len(again["PARAMS"]) == 400
 
     # Rerun triggers come from the stages' own config declarations: moving the regime

@@ -113,7 +113,8 @@ def test_robust_sigma_known_answers():
 
 
 def test_specformer_learns_masked_reconstruction(lamost_index, tmp_path, tool_env):
-    cfg = {"models": {"specformer": {"d_model": 32, "n_layers": 2, "n_heads": 4}},
+    cfg = {"models": {"specformer": {"d_model": 32, "n_layers": 2, "n_heads": 4,
+                                     "pool_regions": 8}},
            "training": {"batch_size": 16, "epochs": 20, "lr": 2e-3, "val_fraction": 0.15}}
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))

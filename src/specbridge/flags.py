@@ -34,7 +34,8 @@ FLAG_BITS: tuple[FlagBit, ...] = (
     FlagBit("NONFINITE", 3, False, "some flux/ivar pixels are NaN or inf (they are masked)"),
     FlagBit("NO_VALID_PIXELS", 4, True, "no pixel with ivar > 0 and finite flux on the grid"),
     FlagBit("NO_COVERAGE", 5, True, "wavelengths do not cover the common grid (4000-5600 A)"),
-    FlagBit("DUPLICATE_ID", 6, True, "ID repeated in this survey (the highest-S/N copy is kept)"),
+    FlagBit("DUPLICATE_ID", 6, True, "ID repeated in this survey (DESI: in one SURVEY and "
+            "PROGRAM; the highest-S/N copy is kept)"),
     FlagBit("EMPTY_FIBER", 7, True, "DESI fibre with negative TARGETID (unassigned or stuck)"),
     FlagBit("SKY_FIBER", 8, True, "sky fibre (OBJTYPE SKY)"),
     FlagBit("NO_ID", 9, False, "no survey ID in the file (a synthetic negative ID is given)"),
@@ -73,6 +74,16 @@ def flag(name: str) -> int:
 def names(value: int) -> list[str]:
     """Names of the bits set in ``value``, lowest bit first."""
     return [f.name for f in FLAG_BITS if value & f.value]
+
+
+def decode(values: np.ndarray | int, sep: str = ",") -> np.ndarray:
+    """The bit names of each value of an integer array (any shape), joined by ``sep``, as a
+    str array of the same shape ('' for 0): what a FLAG_NAMES column would hold, derived from
+    FLAGS (each distinct value decoded once)."""
+    arr = np.asarray(values, dtype=np.int64)
+    uniq, inverse = np.unique(arr, return_inverse=True)
+    text = np.array([sep.join(names(int(v))) for v in uniq] or [""], dtype=str)
+    return text[inverse].reshape(arr.shape)
 
 
 def is_fatal(flags: np.ndarray | int) -> np.ndarray | bool:

@@ -202,8 +202,11 @@ def real_args(wildcards, input):
 
 
 def vac_outputs():
-    name = config["vac"]["name"]
-    return [out("vac", f"{name}.fits"), out("vac", f"{name}.h5")]
+    """The catalogue of every observation (FITS, HDF5) and the directory of its DESI layout
+    (per-HEALPix files, merged catalogues per SURVEY-PROGRAM), all carrying the version."""
+    name, version = config["vac"]["name"], config["vac"]["version"]
+    return [out("vac", f"{name}-{version}.fits"), out("vac", f"{name}-{version}.h5"),
+            out("vac", version)]
 
 
 def report_outputs():

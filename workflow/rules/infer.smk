@@ -35,14 +35,15 @@ rule infer:
 
 
 rule vac:
-    """The value-added catalogue: FITS (one file per healpix and merged) and its HDF5 twin."""
+    """The value-added catalogue: every observation (FITS + HDF5) and DESI's layout (per-HEALPix
+    files, merged catalogues per SURVEY-PROGRAM) under a versioned directory."""
     input:
         predictions=out("inference", "index.h5"),
         manifest=out("manifest", "desi.fits"),
     output:
         fits=vac_outputs()[0],
         hdf5=vac_outputs()[1],
-        healpix=directory(out("vac", "healpix")),
+        tree=directory(vac_outputs()[2]),
     params:
         config=CONFIG_FILE,
         settings=stage_settings("vac"),
@@ -61,4 +62,4 @@ rule vac:
     shell:
         "specbridge vac --config {params.config} --predictions {input.predictions} "
         "--manifest {input.manifest} --fits {output.fits} --hdf5 {output.hdf5} "
-        "--healpix-dir {output.healpix} > {log} 2>&1"
+        "--tree {output.tree} > {log} 2>&1"

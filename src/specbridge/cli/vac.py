@@ -12,18 +12,21 @@ def run(args: argparse.Namespace) -> int:
 
     return vac.run(config_from_args(args), {"predictions": args.predictions,
                                             "manifest": args.manifest},
-                   {"fits": args.fits, "hdf5": args.hdf5, "healpix_dir": args.healpix_dir})
+                   {"fits": args.fits, "hdf5": args.hdf5, "tree": args.tree})
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("vac", help="write the value-added catalogue (FITS + HDF5)",
                        description="One row per input DESI spectrum (flagged ones included), "
-                                   "keyed by TARGETID: PARAMS, CANDIDATES, FIBERMAP; a merged "
-                                   "FITS file, one per HEALPix pixel, and an HDF5 twin.")
+                                   "keyed by TARGETID, SURVEY and PROGRAM, one PRIMARY row per "
+                                   "star: PARAMS, CANDIDATES, FIBERMAP. The catalogue of every "
+                                   "observation (FITS + HDF5) and, with --tree, DESI's layout: "
+                                   "per-HEALPix files and merged catalogues per SURVEY-PROGRAM.")
     add_config_argument(p)
     p.add_argument("--predictions", required=True, help="prediction index HDF5 of infer")
     p.add_argument("--manifest", required=True, help="DESI manifest FITS")
-    p.add_argument("--fits", required=True, help="merged VAC FITS file to write")
-    p.add_argument("--hdf5", required=True, help="HDF5 twin to write")
-    p.add_argument("--healpix-dir", help="directory for the per-HEALPix FITS files")
+    p.add_argument("--fits", required=True, help="catalogue of every observation (FITS)")
+    p.add_argument("--hdf5", required=True, help="its HDF5 twin")
+    p.add_argument("--tree", help="directory for the DESI layout (healpix/SURVEY/PROGRAM/"
+                                  "HPIXGROUP/HEALPIX/ files and per-SURVEY-PROGRAM catalogues)")
     p.set_defaults(func=run)

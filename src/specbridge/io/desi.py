@@ -9,9 +9,11 @@ variance), ``{ARM}_MASK`` (int, possibly a tile-compressed image) and ``{ARM}_RE
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fitsio
 import numpy as np
@@ -177,3 +179,48 @@ def redshift_lookup(paths: Sequence[str | Path]) -> dict[int, tuple[float, float
 def file_layout(path: str | Path) -> str:
     """``desi-coadd`` or ``desi-spectra`` from the file name (both read identically)."""
     return "desi-spectra" if Path(path).name.startswith("spectra") else "desi-coadd"
+
+
+#: DESI file names that carry the survey and program, as desispec writes them for
+#: HEALPix-grouped files: ``coadd-main-bright-12345.fits``, ``spectra-sv3-dark-9876.fits``,
+#: ``redrock-...``, ``zbest-...`` (optionally gzipped). SURVEY and PROGRAM start with a letter,
+#: so tile-grouped names (``coadd-PETAL-TILEID-NIGHT``, ``coadd-PETAL-TILEID-thruNIGHT``) do
+#: not match.
+_GROUPED_NAME = re.compile(r"^(?:coadd|spectra|redrock|zbest|rrdetails|tilecoadd)-"
+                           r"(?P<survey>[a-z][a-z0-9]*)-(?P<program>[a-z][a-z0-9]*)-(?P<pix>\d+)"
+                           r"\.fits(?:\.gz)?$")
+#: the width of the SURVEY and PROGRAM columns downstream (DESI's are 'main', 'special', ...,
+#: 'bright', 'backup', 'other')
+SURVEY_PROGRAM_LEN = 8
+
+
+def survey_program_from_name(path: str | Path) -> tuple[str, str]:
+    """(survey, program) from a HEALPix-grouped DESI file name, lower case; ('', '') if the
+    name does not carry them (tile-grouped files, renamed copies)."""
+    m = _GROUPED_NAME.match(Path(path).name.lower())
+    return (m["survey"], m["program"]) if m else ("", "")
+
+
+def survey_program(path: str | Path, header: Any = None) -> tuple[str, str]:
+    """(survey, program) of a DESI file as DESI records them: the primary header's SURVEY and
+    PROGRAM keywords where present (tile-grouped coadds carry them too), else the file name
+    (:func:`survey_program_from_name`); each lower case, at most
+    :data:`SURVEY_PROGRAM_LEN` characters, '' when unknown."""
+    name = survey_program_from_name(path)
+    out = []
+    for k, key in enumerate(("SURVEY", "PROGRAM")):
+        value = header.get(key) if header is not None and key in header else None
+        text = str(value).strip().lower() if value is not None else ""
+        out.append((text or name[k])[:SURVEY_PROGRAM_LEN])
+    return out[0], out[1]
+
+
+def read_survey_program(path: Source) -> tuple[str, str]:
+    """:func:`survey_program` of a file, reading its primary header (the name alone if the
+    header cannot be read)."""
+    with opened(path) as (fits, p):
+        try:
+            header = fits[0].read_header()
+        except (OSError, ValueError):
+            header = None
+    return survey_program(p, header)

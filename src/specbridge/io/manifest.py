@@ -37,6 +37,10 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("FILE", "U256", "", "path of the input file"),
     ("ROW", "i4", "", "row of the spectrum in the file (-1: the file could not be read)"),
     ("LAYOUT", "U16", "", "desi-coadd, desi-spectra, lamost-image or lamost-table"),
+    ("DESI_SURVEY", "U8", "", "DESI SURVEY (main, sv3, ...; header, else file name); '' "
+     "if unknown or LAMOST"),
+    ("DESI_PROGRAM", "U8", "", "DESI PROGRAM (bright, dark, backup, ...); '' if unknown or "
+     "LAMOST"),
     ("SPECID", "i8", "", "TARGETID (DESI) or OBSID (LAMOST); negative if synthetic (NO_ID)"),
     ("GAIA_ID", "i8", "", "Gaia source ID if the file gives one, else -1"),
     ("RA", "f8", "deg", "right ascension"),
@@ -209,11 +213,14 @@ def scan_desi_file(path: str, redshifts: dict[int, tuple[float, float, int, str]
     layout = desi.file_layout(path)
     try:
         with opened(path) as (fits, _):
+            survey_program = desi.read_survey_program(fits)
             nrows = desi.desi_nrows(fits)
             fm = desi.read_fibermap(fits)
             a = desi.read_arm(fits, arm, parts=("FLUX", "IVAR"))
     except FormatError as err:
-        return _failed_file("desi", path, err, layout)
+        row = _failed_file("desi", path, err, layout)
+        row["DESI_SURVEY"], row["DESI_PROGRAM"] = desi.survey_program_from_name(path)
+        return row
     if a.flux.shape[0] != nrows or (fm is not None and len(fm) != nrows):
         return _failed_file("desi", path, FormatError(
             path, f"{arm}_FLUX has {a.flux.shape[0]} rows, FIBERMAP {nrows}", "BAD_SHAPE"),
@@ -223,6 +230,7 @@ def scan_desi_file(path: str, redshifts: dict[int, tuple[float, float, int, str]
     rows["FILE"] = path
     rows["ROW"] = np.arange(nrows)
     rows["LAYOUT"] = layout
+    rows["DESI_SURVEY"], rows["DESI_PROGRAM"] = survey_program
     if fm is None:
         # no FIBERMAP: synthetic negative IDs unique within the file, flagged NO_ID
         rows["SPECID"] = -(np.arange(nrows) + 1)
@@ -258,14 +266,20 @@ def scan_desi_file(path: str, redshifts: dict[int, tuple[float, float, int, str]
 
 
 def flag_duplicates(rows: np.ndarray) -> None:
-    """Flag all but the highest-S/N spectrum of every repeated non-negative SPECID, in place."""
+    """Flag all but the highest-S/N spectrum of every repeated non-negative SPECID within one
+    DESI SURVEY and PROGRAM, in place. DESI coadds a target once per SURVEY-PROGRAM, so the
+    same TARGETID in two programs is two observations (both kept; the VAC marks one PRIMARY),
+    while a repeat within one is a duplicated input."""
     ids = rows["SPECID"]
     valid = ids >= 0
     snr = np.nan_to_num(rows["SNR"].astype(np.float64), nan=-1.0)
-    order = np.lexsort((-snr, ids))
-    sorted_ids = ids[order]
+    _, group = np.unique(np.char.add(np.char.add(rows["DESI_SURVEY"], "/"),
+                                     rows["DESI_PROGRAM"]), return_inverse=True)
+    group = group.ravel()
+    order = np.lexsort((-snr, group, ids))
+    same = (ids[order][1:] == ids[order][:-1]) & (group[order][1:] == group[order][:-1])
     dup = np.zeros(rows.size, bool)
-    dup[order[1:]] = sorted_ids[1:] == sorted_ids[:-1]
+    dup[order[1:]] = same
     dup &= valid
     _set(rows, dup, "DUPLICATE_ID", "ID repeated; a higher-S/N copy is kept")
 

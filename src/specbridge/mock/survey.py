@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 LAMOST_LOG0, LAMOST_DLOG, LAMOST_NPIX = 3.5682, 1e-4, 3909
 SURVEY_CODE = {"lamost": 1, "desi": 2}
+#: SURVEY and PROGRAM of the mock DESI files (headers and names): the MWS main bright program
+DESI_SURVEY, DESI_PROGRAM = "main", "bright"
 LAMOST_OBSID0 = 900_000_000
 DESI_TARGETID0 = 39_690_000_000_000_000
 GAIA_ID0 = 4_000_000_000_000_000_000 // 1000
@@ -591,7 +593,7 @@ def write_desi_file(path: Path, fibermap: np.ndarray, arms: dict[str, dict[str, 
     fibermap["HEALPIX"] = group
     hdr0 = [{"name": "SPGRP", "value": "mockgroup", "comment": "mock survey file group"},
             {"name": "SPGRPVAL", "value": int(group)},
-            {"name": "SURVEY", "value": "mock"}, {"name": "PROGRAM", "value": "mws"}]
+            {"name": "SURVEY", "value": DESI_SURVEY}, {"name": "PROGRAM", "value": DESI_PROGRAM}]
     with atomic_output(path) as tmp, fitsio.FITS(str(tmp), "rw", clobber=True) as f:
         f.write(None, header=hdr0)
         f.write(fibermap, extname="FIBERMAP")
@@ -634,8 +636,8 @@ def write_desi_group(ctx: MockContext, stars: dict[str, np.ndarray], outdir: Pat
     """Observe one group of DESI stars and write its coadd and redrock files."""
     rng = np.random.default_rng([seed, SURVEY_CODE["desi"], 1, group])
     arms = observe_desi(ctx, stars, rng)
-    coadd = outdir / f"coadd-mock-{group:05d}.fits"
-    redrock = outdir / f"redrock-mock-{group:05d}.fits"
+    coadd = outdir / f"coadd-{DESI_SURVEY}-{DESI_PROGRAM}-{group}.fits"  # as desispec names
+    redrock = outdir / f"redrock-{DESI_SURVEY}-{DESI_PROGRAM}-{group}.fits"
     write_desi_file(coadd, desi_fibermap(stars, gaia_in_fibermap), arms, ctx.desi_wave, group,
                     with_resolution)
     write_redrock(redrock, stars, rng)

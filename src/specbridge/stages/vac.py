@@ -1,5 +1,8 @@
-"""The value-added catalogue from the prediction shards and the DESI manifest: a merged FITS
-file, one FITS file per HEALPix pixel, and the HDF5 twin."""
+"""The value-added catalogue from the prediction shards and the DESI manifest, in DESI's
+conventions: the catalogue of every observation (FITS + HDF5, manifest order, one PRIMARY row
+per star) and, under a versioned directory, per-HEALPix files in
+``healpix/SURVEY/PROGRAM/HPIXGROUP/HEALPIX/`` and merged catalogues per SURVEY-PROGRAM; all
+built in bounded memory (specbridge.vac.stream)."""
 
 from __future__ import annotations
 
@@ -19,46 +22,48 @@ log = logging.getLogger("specbridge.vac")
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
         comm: Any = None) -> int:
     """Build the catalogue of ``inputs['predictions']`` (index HDF5) and ``inputs['manifest']``
-    and write ``outputs['fits']``, ``outputs['hdf5']`` and, if given, the per-HEALPix files
-    under ``outputs['healpix_dir']`` (replaced as a whole)."""
+    and write ``outputs['fits']``, ``outputs['hdf5']`` and, if given, the DESI layout under
+    ``outputs['tree']`` (replaced as a whole, atomically by a rename)."""
     from specbridge.config import config_hash
-    from specbridge.vac.catalogue import (
-        build_catalogue,
-        provenance,
-        write_fits,
-        write_hdf5,
-        write_healpix_files,
-    )
+    from specbridge.vac import stream
 
     full_hash = config_hash(cfg)  # provenance of the whole resolved config
     cfg = declared(cfg, CONFIG_SECTIONS)
-    name = cfg["vac"]["name"]
-    t0 = time.monotonic()
-    try:
-        cat = build_catalogue(inputs["predictions"], inputs["manifest"])
-    except (OSError, KeyError, ValueError) as exc:
-        raise UserError(f"cannot build the catalogue: {describe(exc)}") from None
-    n = cat["PARAMS"].size
-    cards = provenance(cat, name, full_hash)
-    t1 = time.monotonic()
-    write_fits(outputs["fits"], cat, cards)
-    write_hdf5(outputs["hdf5"], cat, cards)
-    t2 = time.monotonic()
-    nfiles = 0
-    if outputs.get("healpix_dir"):
-        final = Path(outputs["healpix_dir"])
-        tmp = final.with_name(final.name + ".tmp")
+    vc = cfg["vac"]
+    final = Path(outputs["tree"]) if outputs.get("tree") else None
+    tmp = final.with_name(final.name + ".tmp") if final is not None else None
+    if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        nfiles = len(write_healpix_files(tmp, cat, cards, name))
+    t0 = time.monotonic()
+    last = [t0]
+
+    def progress(what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] > 10 or done == total:
+            last[0] = now
+            rate = done / max(now - t0, 1e-9)
+            log.info("%s: %d/%d (%.0f rows/s, ETA %.0f s)", what, done, total, rate,
+                     (total - done) / max(rate, 1e-9))
+
+    try:
+        s = stream.build(inputs["predictions"], inputs["manifest"], outputs["fits"],
+                         outputs["hdf5"], tmp, vc["name"], vc["version"], full_hash,
+                         chunk_rows=vc["chunk_rows"], block_rows=vc["block_rows"],
+                         progress=progress)
+    except (OSError, KeyError, ValueError) as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot build the catalogue: {describe(exc)}") from None
+    if final is not None and tmp is not None:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-    t3 = time.monotonic()
-    flagged = int((cat["PARAMS"]["FLAGS"] != 0).sum())
-    log.info("%d rows (one per input spectrum; %d with flags, %d absent from the predictions)"
-             " built in %.1f s; merged FITS + HDF5 in %.1f s (%.0f rows/s); %d HEALPix files in "
-             "%.1f s", n, flagged, cat["n_missing"], t1 - t0, t2 - t1, n / max(t2 - t1, 1e-9),
-             nfiles, t3 - t2)
+    sec = s.seconds
+    log.info("%d rows (one per input spectrum; %d absent from the predictions; %d PRIMARY); "
+             "keys %.1f s, catalogue of every observation %.1f s (%.0f rows/s); "
+             "%d HEALPix files and %d SURVEY-PROGRAM catalogues in %.1f s", s.n, s.n_missing,
+             s.n_primary, sec["keys"], sec["catalogue"], s.n / max(sec["catalogue"], 1e-9),
+             s.n_healpix_files, len(s.merged), sec["layout"])
     log.info("wrote %s, %s%s", outputs["fits"], outputs["hdf5"],
-             f", {outputs['healpix_dir']}/" if outputs.get("healpix_dir") else "")
+             f", {final}/" if final is not None else "")
     return 0
