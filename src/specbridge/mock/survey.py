@@ -189,6 +189,23 @@ def bright_sky(emu: MilesEmulator, waves: dict[str, np.ndarray], params: dict[st
         FIBER_AREA_ARCSEC2) for arm, w in waves.items()}
 
 
+#: the exposure-time calculator's reference: an r = 18 star (2e-17 erg/s/cm^2/A)
+ETC_REF_FLUX = 2.0
+
+
+def etc_exposure_factor(continuum: dict[str, np.ndarray]) -> float:
+    """How much longer a bright-time exposure is than the dark-sky one (>= 1): DESI's
+    exposure-time calculator keeps exposing until the survey's effective depth is reached, so
+    a reference star (:data:`ETC_REF_FLUX`) keeps its dark-time S/N under the moonlit
+    continuum; fainter stars, sky-dominated, lose S/N, brighter ones gain. ``continuum``: arm ->
+    (npix,) sky continuum (1e-17 erg/s/cm^2/A); its mean over the B arm (or every arm) sets
+    the factor. Variance model as in :func:`observe_desi`: 0.008 (source + sky) + 0.02."""
+    sky = float(np.mean(continuum["B"] if "B" in continuum
+                        else np.concatenate(list(continuum.values()))))
+    dark = 0.008 * ETC_REF_FLUX + 0.02
+    return (0.008 * (ETC_REF_FLUX + sky) + 0.02) / dark
+
+
 def pixel_average(x: np.ndarray, y: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Mean of the finely sampled y(x) over each pixel of a grid given by its ``centres``
     (flux-conserving, so narrow sky lines keep their integrated flux)."""
@@ -546,10 +563,13 @@ def observe_desi(ctx: MockContext, stars: dict[str, np.ndarray], rng: np.random.
         else:
             model = physics.gaussian_broaden(obs * calib * phi[:, None], lsf.extra[row])
         sky = ctx.desi_sky[arm][None, :]
+        exposure = 1.0
         if ctx.desi_sky_continuum is not None:  # bright time: the moonlit continuum too
             sky = sky + ctx.desi_sky_continuum[arm][None, :]
-        # variance of a ~1000 s coadd: photon noise of source + sky, plus read noise
-        var = 0.008 * (np.clip(model, 0, None) + sky) + 0.02
+            exposure = etc_exposure_factor(ctx.desi_sky_continuum)
+        # variance of a ~1000 s coadd: photon noise of source + sky, plus read noise; a longer
+        # exposure (bright time) divides it
+        var = (0.008 * (np.clip(model, 0, None) + sky) + 0.02) / exposure
         sigma = np.sqrt(var)
         flux = model + sigma * rng.standard_normal(model.shape)
         if ctx.desi_sky_continuum is not None:
