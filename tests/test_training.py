@@ -164,7 +164,10 @@ def test_warmup_cosine_schedule_known_values():
 def test_embeddings_and_embedding_mlp(lamost_index, tmp_path, tool_env, mpiexec):
     from specbridge.io.shards import index_attrs, read_index, read_shard
 
-    cfg = {"models": {"specformer": {"d_model": 32, "n_layers": 2, "n_heads": 4},
+    # region-pooled embeddings (8 x 32 = 256-d), as the pipeline embeds: the plain 32-d mean
+    # probes [Fe/H] at 0.86 of its spread on the mock with survey effects
+    cfg = {"models": {"specformer": {"d_model": 32, "n_layers": 2, "n_heads": 4,
+                                     "pool_regions": 8},
                       "emb_mlp": {"hidden": [64, 32], "dropout": 0.0}},
            "training": {"batch_size": 16, "epochs": 10, "lr": 2e-3, "val_fraction": 0.15}}
     p = tmp_path / "c.yaml"
@@ -180,7 +183,7 @@ def test_embeddings_and_embedding_mlp(lamost_index, tmp_path, tool_env, mpiexec)
     emb = tmp_path / "emb" / "index.h5"
     run(mpiexec, "-n", "2", "specbridge", "embed", "--model", str(tmp_path / "sf.pt"),
         "--spectra", str(lamost_index), "--output", str(emb))
-    assert index_attrs(emb)["dim"] == 32
+    assert index_attrs(emb)["dim"] == 256
     spectra = read_index(lamost_index)
     embs = read_index(emb)
     assert [s["n"] for s in embs] == [s["n"] for s in spectra]  # every row, in order
