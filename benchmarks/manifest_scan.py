@@ -55,6 +55,18 @@ def run_stage(survey: str, files: list[str], ranks: int, folder: Path) -> tuple[
     return wall, scan
 
 
+def warmed_sets(lamost: list[Path], desi: list[Path], n_files: int):
+    """Per survey, (survey, n_files links cycling over its real files, their folder) in a
+    temporary folder, after one untimed pass over the real files (page cache, imports)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for survey, sources in (("lamost", lamost), ("desi", desi)):
+            d = Path(tmp) / survey
+            d.mkdir()
+            files = linked_files(sources, n_files, d)
+            build_manifest(survey, files[: len(sources)])
+            yield survey, files, d
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-files", type=int, default=10000)
@@ -68,30 +80,20 @@ def main() -> None:
     if args.ranks:
         print(f"{'survey':8s} {'files':>7s} {'ranks':>5s} {'wall s':>7s} {'scan s':>7s} "
               f"{'files/s':>8s} {'per rank':>8s}")
-        with tempfile.TemporaryDirectory() as tmp:
-            for survey, sources in (("lamost", lamost), ("desi", desi)):
-                d = Path(tmp) / survey
-                d.mkdir()
-                files = linked_files(sources, args.n_files, d)
-                build_manifest(survey, files[: len(sources)])  # warm the page cache
-                for n in args.ranks:
-                    wall, scan = run_stage(survey, files, n, d)
-                    print(f"{survey:8s} {len(files):7d} {n:5d} {wall:7.1f} {scan:7.1f} "
-                          f"{len(files) / scan:8.0f} {len(files) / scan / n:8.0f}", flush=True)
+        for survey, files, d in warmed_sets(lamost, desi, args.n_files):
+            for n in args.ranks:
+                wall, scan = run_stage(survey, files, n, d)
+                print(f"{survey:8s} {len(files):7d} {n:5d} {wall:7.1f} {scan:7.1f} "
+                      f"{len(files) / scan:8.0f} {len(files) / scan / n:8.0f}", flush=True)
         return
     print(f"{'survey':8s} {'files':>7s} {'spectra':>8s} {'seconds':>8s} {'files/s':>8s} "
           f"{'spectra/s':>10s}")
-    with tempfile.TemporaryDirectory() as tmp:
-        for survey, sources in (("lamost", lamost), ("desi", desi)):
-            d = Path(tmp) / survey
-            d.mkdir()
-            files = linked_files(sources, args.n_files, d)
-            build_manifest(survey, files[: len(sources)])  # warm caches and imports
-            t0 = time.perf_counter()
-            rows = build_manifest(survey, files)
-            dt = time.perf_counter() - t0
-            print(f"{survey:8s} {len(files):7d} {rows.size:8d} {dt:8.1f} {len(files) / dt:8.0f} "
-                  f"{rows.size / dt:10.0f}")
+    for survey, files, _ in warmed_sets(lamost, desi, args.n_files):
+        t0 = time.perf_counter()
+        rows = build_manifest(survey, files)
+        dt = time.perf_counter() - t0
+        print(f"{survey:8s} {len(files):7d} {rows.size:8d} {dt:8.1f} {len(files) / dt:8.0f} "
+              f"{rows.size / dt:10.0f}")
 
 
 if __name__ == "__main__":
