@@ -234,7 +234,7 @@ def test_recalibrated_errors_cover_68_and_95_percent():
     rng = np.random.default_rng(7)
     pred, err, ref, ref_err = _calib_set(4000, rng)
     got = calibration.fit(pred, err, ref, ref_err)
-    assert got["z_sigma_before"] > 1.5 and got["z_sigma_after"] == pytest.approx(1, abs=1e-3)
+    assert got["z_sigma_before"] > 1.5 and got["z_sigma_after"] == pytest.approx(1, abs=0.05)
     assert got["scale"] == pytest.approx(1 / 0.7, rel=0.1)
     assert got["floor"] == pytest.approx(0.08, rel=0.25)
     pred, err, ref, ref_err = _calib_set(4000, rng)  # an independent test set
@@ -246,6 +246,28 @@ def test_recalibrated_errors_cover_68_and_95_percent():
     # without the recalibration the errors cover far less
     raw = np.abs(pred - ref) / np.sqrt(err ** 2 + np.nan_to_num(ref_err) ** 2)
     assert np.mean(raw < 1) < 0.5
+
+
+def test_peaked_residuals_get_nominal_one_sigma_coverage():
+    """Residuals more peaked than a Gaussian (Laplace, as the networks' are): unit robust
+    sigma of z would cover ~72 % at 1 sigma; the coverage scale brings it to 68 %."""
+    rng = np.random.default_rng(9)
+
+    def draw(n):
+        err = np.exp(rng.uniform(np.log(0.05), np.log(0.2), n))
+        ref = rng.uniform(-2.5, 0.5, n)
+        return ref + rng.laplace(0, 1.5 * err / np.sqrt(2)), err, ref
+
+    pred, err, ref = draw(3000)
+    z_rs = (pred - ref) / err
+    s_rs = calibration.robust_sigma(z_rs)
+    assert np.mean(np.abs(z_rs) < s_rs) > 0.70   # the robust sigma over-covers here
+    got = calibration.fit(pred, err, ref)
+    pred, err, ref = draw(3000)  # an independent test set
+    z = np.abs(pred - ref) / calibration.apply(err, got["scale"], got["floor"])
+    assert np.mean(z < 1) == pytest.approx(0.683, abs=0.03)
+    # a Laplace of 68.27 % 1-sigma coverage covers 1 - exp(-2 / 0.8711) = 89.9 % at 2 sigma
+    assert np.mean(z < 2) == pytest.approx(1 - np.exp(-2 / 0.8711), abs=0.02)
 
 
 def test_a_scale_alone_where_no_floor_is_needed():
@@ -278,7 +300,7 @@ def test_router_auto_picks_the_best_feh_candidate():
 
 
 def test_tabulate_answers_with_intervals_and_recalibrated_coverage():
-    data, names = _stage_data()
+    data, names = _stage_data(n=1800)
     cfg = validate_config({"evaluation": {"bootstrap": {"n_boot": 200}}})
     metrics, sel, summ, calib = tabulate(data, LABELS, names, cfg)
     assert sel.meta["router"] == "mlp_lora" and sel.meta["router_setting"] == "auto"
