@@ -88,3 +88,39 @@ def test_the_served_candidate_does_not_vote_on_its_own_value():
     assert len(others) == 2 and np.isnan(others[0][0]).all()
     value, error = preds["a_lora"]
     assert disagreeing(value, error, others, 5.0).tolist() == [False, True]
+
+
+def test_the_desi_domain_threshold_is_a_percentile_of_the_validation_scores():
+    from specbridge.stages.evaluate import ood_domain_threshold
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    split = rng.choice([1, 2], n)
+    score = rng.uniform(0, 1, n)
+    got = ood_domain_threshold({"split": split, "ood_score": score}, 99.0)
+    assert abs(got["ood_threshold"] - 0.99) < 0.01
+    assert got["ood_threshold_n"] == int((split == 1).sum())
+    assert abs(got["ood_test_flagged"] - 0.01) < 0.006
+    # a shifted survey: every test star far above the validation stars is flagged
+    shifted = np.where(split == 2, score + 1.0, score)
+    assert ood_domain_threshold({"split": split, "ood_score": shifted}, 99.0
+                                )["ood_test_flagged"] == 1.0
+    # too few finite validation scores, or none at all: no threshold
+    few = np.where(split == 1, np.nan, score)
+    few[np.flatnonzero(split == 1)[:19]] = 0.5
+    assert ood_domain_threshold({"split": split, "ood_score": few}, 99.0) is None
+    assert ood_domain_threshold({"split": split}, 99.0) is None
+
+
+def test_inference_takes_the_desi_threshold_at_the_configured_percentile_only():
+    from specbridge.stages.infer import _ood_settings
+
+    ood = {"percentile": 99.0, "z_max": 5.0}
+    meta = {"ood_threshold": 0.42, "ood_percentile": 99.0}
+    got = _ood_settings(ood, "embeddings/index.h5", meta)
+    assert got["threshold"] == 0.42 and got["source"] == "DESI validation"
+    # another percentile configured than the one evaluated, or no calibration meta: LAMOST's
+    # quantiles (none readable here, so no threshold), never a threshold of another percentile
+    for m in ({"ood_threshold": 0.42, "ood_percentile": 95.0}, {}):
+        got = _ood_settings(ood, None, m)
+        assert got["threshold"] is None and got["source"] == "held-out LAMOST"

@@ -11,10 +11,10 @@ finite S/N > 0 gets the factor 1). The shape (slope, floor) is fitted on the rob
 the scale is then set so that 68.27 % of the validation |z| lie within 1, i.e. the 1-sigma
 coverage is nominal on validation by construction. The robust sigma alone is not enough: the
 networks' residuals are more peaked than a Gaussian of the same robust sigma, and unit robust
-sigma left the DESI test [Fe/H] coverage at 74 % (session 5). The recalibrated error of a prediction is
-``sqrt((s err (snr / SNR_REF)^-b)^2 + f^2)`` (:func:`apply`); evaluation applies it before the
-test metrics, coverage and routing, and inference before routing, from the table written as
-``results/evaluation/calibration.ecsv``.
+sigma left the DESI test [Fe/H] coverage at 74 % (session 5). The recalibrated error of a
+prediction is ``sqrt((s err (snr / SNR_REF)^-b)^2 + f^2)`` (:func:`apply`); evaluation applies
+it before the test metrics, coverage and routing, and inference before routing, from the table
+written as ``results/evaluation/calibration.ecsv``.
 
 The slope is "needed" where, with the scale alone, the robust sigma of z differs between the
 S/N quartiles of the validation stars by more than noise (the networks' predicted errors

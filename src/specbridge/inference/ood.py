@@ -4,8 +4,11 @@ wrongly, so every catalogued spectrum is checked twice.
 * Spectrum space (``OOD_SPECTRUM``): the SpecFormer's masked-reconstruction score
   (:meth:`specbridge.models.specformer.SpecFormer.spectrum_scores`, the excess squared error of
   reconstructing each pixel unseen, in standardised flux units) above a threshold: the
-  ``percentile`` of the same score over LAMOST spectra held out of the SpecFormer's training
-  (its validation split; stored with its checkpoint as quantiles).
+  ``percentile`` of the same score over in-domain spectra of the same survey. For LAMOST
+  (the real validation sets) these are the LAMOST spectra held out of the SpecFormer's
+  training (stored with its checkpoint as quantiles); for DESI the labelled DESI validation
+  stars (evaluation writes the threshold into the calibration table), since DESI spectra as a
+  whole differ from LAMOST's (sky residuals) and would otherwise be flagged wholesale.
 * Label space (``OOD_LABELS``): a served label outside the support of the training labels (the
   range of the LAMOST labels the candidates were pretrained on), or the fine-tuned candidates
   disagreeing with the served value beyond ``z_max`` times their combined errors (most of them,

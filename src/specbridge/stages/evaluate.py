@@ -24,7 +24,8 @@ log = logging.getLogger("specbridge.evaluate")
 
 def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[str, np.ndarray]:
     """Labelled validation + test rows of all shards with every candidate's predictions:
-    specid, split, snr, ref, ref_err, and '<candidate>/value', '<candidate>/error'."""
+    specid, split, snr, ref, ref_err, ood_score (the embedding shard's; NaN without one),
+    and '<candidate>/value', '<candidate>/error'."""
     from specbridge import flags
     from specbridge.inference.predict import predict_all, read_inputs
     from specbridge.labels import index
@@ -44,7 +45,8 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
         sub = {key: v[keep] for key, v in d.items()}
         preds = predict_all(cands, sub, batch_size)
         got = {"specid": sub["specid"], "split": split[keep], "snr": sub["snr"],
-               "ref": ref[keep], "ref_err": d["label_errors"][keep][:, cols]}
+               "ref": ref[keep], "ref_err": d["label_errors"][keep][:, cols],
+               "ood_score": _ood_scores(s, keep)}
         if "star" in sub:  # the per-star key, where the shards carry one
             got["star"] = sub["star"]
         for name, (v, e) in preds.items():
@@ -53,6 +55,39 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
             parts.setdefault(key, []).append(v)
         progress(k + 1, len(shards))
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _ood_scores(shard: dict[str, Any], keep: np.ndarray) -> np.ndarray:
+    """(keep.sum(),) the out-of-domain scores of the kept rows from the shard's embedding
+    shard; NaN where it has none."""
+    from specbridge.io.shards import read_shard
+
+    path = shard.get("emb_path")
+    if path:
+        try:
+            return read_shard(path, ("ood_score",))["ood_score"][keep].astype(np.float64)
+        except KeyError:  # embedding shards written without scores (embed --no-ood-scores)
+            pass
+    return np.full(int(keep.sum()), np.nan)
+
+
+def ood_domain_threshold(data: dict[str, np.ndarray], percentile: float
+                         ) -> dict[str, Any] | None:
+    """The out-of-domain score threshold of the DESI domain: the ``percentile`` (0-100) of
+    the validation stars' scores (labelled DESI stars like those the candidates were
+    fine-tuned on, never used to fit them), with the validation count and the test split's
+    flagged fraction; None with fewer than 20 finite validation scores."""
+    score = data.get("ood_score")
+    if score is None:
+        return None
+    val = (data["split"] == 1) & np.isfinite(score)
+    if val.sum() < 20:
+        return None
+    thr = float(np.percentile(score[val], percentile))
+    test = (data["split"] == 2) & np.isfinite(score)
+    flagged = float(np.mean(score[test] > thr)) if test.any() else float("nan")
+    return {"ood_threshold": thr, "ood_percentile": float(percentile),
+            "ood_threshold_n": int(val.sum()), "ood_test_flagged": flagged}
 
 
 def load_checked_candidates(paths: list[str], router: str, embeddings: str | None):
@@ -214,6 +249,13 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     if n_val == 0 or n_test == 0:
         raise UserError(f"{n_val} validation / {n_test} test spectra with labels: too few")
     metrics, selection, summ, calib = tabulate(data, labels, names, cfg)
+    domain = ood_domain_threshold(data, inf["ood"]["percentile"])
+    if domain is not None:
+        calib.meta.update(domain)
+        log.info("out-of-domain score threshold of the DESI domain: %.4g (%g-th percentile "
+                 "of %d validation stars); test stars above it: %.1f %%",
+                 domain["ood_threshold"], domain["ood_percentile"],
+                 domain["ood_threshold_n"], 100 * domain["ood_test_flagged"])
     meta = {"labels": labels, "candidates": names, "router": selection.meta["router"],
             "router_setting": inf["router"], "router_passes": inf["router_passes"],
             "blend": inf["blend"], "feh_threshold": ev["feh_threshold"],

@@ -52,8 +52,9 @@ def plan(cfg: dict[str, Any], inputs: dict[str, Any], out_dir: Path) -> dict[str
 
     try:
         sel_table = Table.read(inputs["selection"], format="ascii.ecsv")
-        calib = (calibration_mapping(Table.read(inputs["calibration"], format="ascii.ecsv"))
-                 if inputs.get("calibration") else {})
+        calib_table = (Table.read(inputs["calibration"], format="ascii.ecsv")
+                       if inputs.get("calibration") else None)
+        calib = calibration_mapping(calib_table) if calib_table is not None else {}
         digests = {str(p): sha256(Path(p)) for p in inputs["checkpoints"]}
     except (OSError, ValueError, KeyError) as exc:
         raise UserError("cannot read the selection, the calibration or the checkpoints: "
@@ -75,7 +76,8 @@ def plan(cfg: dict[str, Any], inputs: dict[str, Any], out_dir: Path) -> dict[str
                "threshold": cfg["evaluation"]["feh_threshold"], "blend": inf["blend"],
                "blend_width": inf["blend_width"],
                "calibration": sorted([list(k), list(v)] for k, v in calib.items()),
-               "ood": _ood_settings(inf["ood"], inputs.get("embeddings"))}
+               "ood": _ood_settings(inf["ood"], inputs.get("embeddings"),
+                                    calib_table.meta if calib_table is not None else {})}
     settings = fingerprint(sorted(digests.values()), routing, __version__)
     fps = input_fingerprints(shards)
     emb_fps: list[str | None] = [None] * len(shards)
@@ -92,10 +94,19 @@ def plan(cfg: dict[str, Any], inputs: dict[str, Any], out_dir: Path) -> dict[str
             "settings_hash": settings, "calibration": calib}
 
 
-def _ood_settings(ood: dict[str, Any], embeddings: str | None) -> dict[str, Any]:
+def _ood_settings(ood: dict[str, Any], embeddings: str | None,
+                  calibration_meta: dict[str, Any]) -> dict[str, Any]:
     """The out-of-domain settings of :func:`specbridge.inference.ood.ood_flags`: the score
-    threshold (the configured percentile of the held-out LAMOST spectra's scores, from the
-    embedding index; None without embeddings or stored scores), the percentile and z_max."""
+    threshold, the percentile, z_max and where the threshold comes from ('source'). The
+    threshold is the DESI domain's (the configured percentile of the DESI validation stars'
+    scores, written by evaluate into the calibration table's meta) when the calibration has
+    it at the same percentile; else that percentile of the held-out LAMOST spectra's scores
+    (from the embedding index); None without either."""
+    if (calibration_meta.get("ood_threshold") is not None and embeddings
+            and float(calibration_meta.get("ood_percentile", -1)) == float(ood["percentile"])):
+        return {"threshold": float(calibration_meta["ood_threshold"]),
+                "percentile": ood["percentile"], "z_max": ood["z_max"],
+                "source": "DESI validation"}
     threshold = None
     if embeddings:
         from specbridge.inference.ood import score_threshold
@@ -104,7 +115,8 @@ def _ood_settings(ood: dict[str, Any], embeddings: str | None) -> dict[str, Any]
         q = json.loads(index_attrs(embeddings).get("ood_score_quantiles", "[]"))
         if q:
             threshold = score_threshold(q, ood["percentile"])
-    return {"threshold": threshold, "percentile": ood["percentile"], "z_max": ood["z_max"]}
+    return {"threshold": threshold, "percentile": ood["percentile"], "z_max": ood["z_max"],
+            "source": "held-out LAMOST"}
 
 
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],

@@ -247,7 +247,9 @@ def provenance(attrs: dict[str, Any], labels: Sequence[str], candidates: Sequenc
     if ood.get("threshold") is not None:
         cards += [("OODTHR", float(ood["threshold"]), "OOD_SCORE above it: OOD_SPECTRUM"),
                   ("OODPCT", float(ood["percentile"]),
-                   "[%] OODTHR: this percentile of held-out LAMOST")]
+                   "[%] OODTHR: this percentile of OODSRC's scores"),
+                  ("OODSRC", str(ood.get("source", "held-out LAMOST")),
+                   "spectra the threshold was calibrated on")]
     if ood:
         cards += [("OODZMAX", float(ood["z_max"]), "OOD_LABELS: candidates disagree beyond")]
     for k, dep in enumerate(DEPENDENCIES):
