@@ -97,6 +97,56 @@ def test_changed_preprocessing_makes_every_prediction_shard_stale(transfer_run, 
                               equal_nan=True)
 
 
+def test_job_array_parts_merge_to_the_single_job(transfer_run, evaluated, tmp_path, tool_env):
+    """Inference as a job array (--part K/N, then --merge-parts) writes the same shards and
+    index as one job; the merge computes nothing and fails, naming what is missing, when a
+    part did not run."""
+    import h5py
+
+    from specbridge.io.shards import index_attrs, read_shard
+    from specbridge.parallel.executor import part_of
+
+    spectra = transfer_run["index"]["desi"]
+    n_shards = len(read_index(spectra))
+    assert n_shards >= 2
+    # contiguous, covering, nearly equal ranges
+    tasks = [ShardTask(i, 10 * i, 10, f"p{i}", "f") for i in range(7)]
+    got = [part_of(tasks, k, 3) for k in range(3)]
+    assert [[t.number for t in g] for g in got] == [[0, 1, 2], [3, 4], [5, 6]]
+    with pytest.raises(ValueError):
+        part_of(tasks, 3, 3)
+
+    def infer(out, *extra, ok=True):
+        return _run(["specbridge", "infer", "--config", transfer_run["config"], "--checkpoints",
+                     *evaluated["cands"], "--selection", evaluated["selection"], "--spectra",
+                     spectra, "--output", out, *extra], tool_env, ok=ok)
+
+    infer(tmp_path / "one" / "index.h5")
+    arr = tmp_path / "arr"
+    parts = [arr / f"part-{k}.h5" for k in range(2)]
+    infer(parts[0], "--part", "0/2")
+    r = infer(arr / "index.h5", "--merge-parts", *parts, ok=False)
+    assert r.returncode != 0 and "missing or stale" in r.stderr and "rerun the parts" in r.stderr
+    assert not (arr / "index.h5").exists()
+    infer(parts[1], "--part", "1/2")
+    n_first = len(read_index(parts[0]))
+    assert 1 <= n_first < n_shards and n_first + len(read_index(parts[1])) == n_shards
+    r = infer(arr / "index.h5", "--merge-parts", *parts)
+    assert "merged 2 parts" in r.stderr
+    one, merged = read_index(tmp_path / "one" / "index.h5"), read_index(arr / "index.h5")
+    assert [(s["first_row"], s["n"], s["fingerprint"]) for s in one] == \
+        [(s["first_row"], s["n"], s["fingerprint"]) for s in merged]
+    for a, b in zip(one, merged, strict=True):
+        with h5py.File(a["path"]) as h:
+            keys = list(h.keys())
+        da, db = read_shard(a["path"], tuple(keys)), read_shard(b["path"], tuple(keys))
+        for k in keys:
+            np.testing.assert_array_equal(da[k], db[k], err_msg=k)
+    ia, ib = index_attrs(tmp_path / "one" / "index.h5"), index_attrs(arr / "index.h5")
+    for k in ("failures", "candidates", "settings_hash", "routing", "n_spectra"):
+        assert ia[k] == ib[k], k
+
+
 def _copy_index(src: Path, dst: Path) -> Path:
     shutil.copytree(src.parent, dst)
     return dst / src.name

@@ -256,3 +256,38 @@ def test_profile_passes_no_empty_site_values_to_sbatch(site, repo, tmp_path, too
             assert [a for a in opts if a.startswith("--qos")] == ["--qos=regular"], opts
             assert opts.count("-A") == 1 and opts[opts.index("-A") + 1] == "m1234", opts
             assert opts.count("-p") == 1 and opts[opts.index("-p") + 1] == "debug", opts
+
+
+def test_job_array_inference_goes_to_sbatch_as_one_array(repo, tmp_path, tool_env):
+    """inference.array_tasks = 3: the three infer_part jobs reach sbatch as one job array
+    (`--array=1-3`, the profile's slurm-array-jobs), one rank and one GPU per task; the
+    inputs are stand-ins (no cluster, nothing runs)."""
+    import yaml
+
+    env = profile_env(repo, tool_env, {**CPU_NODE, "SPECBRIDGE_GPUS_PER_ARRAY_TASK": "1"})
+    calls_dir = tmp_path / "sbatch-calls"
+    calls_dir.mkdir()
+    env["PATH"] = f"{_fake_slurm_bin(tmp_path)}:{env['PATH']}"
+    env["FAKE_SBATCH_DIR"] = str(calls_dir)
+    wd = tmp_path / "wd"
+    res = wd / "results"
+    for f in [f"models/{m}/finetuned_{s}.pt" for m in ("mlp", "emb_mlp")
+              for s in ("zeroshot", "adapter", "lora", "full")] + [
+            "models/specformer/finetuned_lora.pt", "preprocessed/desi/index.h5",
+            "embeddings/desi/index.h5", "evaluation/selection.ecsv",
+            "evaluation/calibration.ecsv"]:
+        (res / f).parent.mkdir(parents=True, exist_ok=True)
+        (res / f).touch()
+    arr = tmp_path / "array.yaml"
+    arr.write_text(yaml.safe_dump({"inference": {"array_tasks": 3}}))
+    parts = [f"results/inference/part-{k:04d}-of-0003.h5" for k in range(3)]
+    r = run_profile(repo, wd, env, "--allowed-rules=infer_part", *parts, configfiles=[arr],
+                    timeout=300)
+    assert r.returncode != 0  # the fake sbatch refuses every job
+    calls = [f.read_bytes().decode().split("\0")[:-1] for f in calls_dir.iterdir()]
+    arrays = [a for a in calls if any(x.startswith("--array=") for x in a)]
+    assert len(arrays) == 1, [c[:24] for c in calls]
+    opts = arrays[0]
+    assert "--array=1-3" in opts and opts[opts.index("--comment") + 1].startswith(
+        "rule_infer_part")
+    assert "--gpus=1" in opts and "--nodes=1" in opts, opts

@@ -165,6 +165,19 @@ def candidate_source_args(wildcards, input):
     return args
 
 
+INFER_PARTS = int(config["inference"]["array_tasks"])
+
+
+def infer_part_indexes():
+    """The partial prediction indexes of job-array inference (inference.array_tasks > 0)."""
+    return [out("inference", f"part-{k:04d}-of-{INFER_PARTS:04d}.h5") for k in range(INFER_PARTS)]
+
+
+def infer_part_arg(wildcards):
+    """--part K/N of one array task."""
+    return f"--part {int(wildcards.part)}/{INFER_PARTS}"
+
+
 def stage_settings(stage):
     """A short hash of the config sections that `stage` reads, as the stage itself declares
     them (specbridge.stages.<stage>.CONFIG_SECTIONS): a rule's params change exactly when one

@@ -14,7 +14,19 @@ def run(args: argparse.Namespace) -> int:
     inputs = {"checkpoints": args.checkpoints, "selection": args.selection,
               "spectra": args.spectra, "embeddings": args.embeddings,
               "calibration": args.calibration}
-    return infer.run(cfg, inputs, {"index": args.output}, comm, force=args.force)
+    return infer.run(cfg, inputs, {"index": args.output}, comm, force=args.force,
+                     part=args.part, merge=args.merge_parts)
+
+
+def _part(text: str) -> tuple[int, int]:
+    """'K/N' -> (K, N) with 0 <= K < N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N (e.g. 3/8)") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: K must be in 0..N-1")
+    return k, n
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,4 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True,
                    help="prediction index HDF5 to write; shards go to shards/ beside it")
     p.add_argument("--force", action="store_true", help="recompute shards even if complete")
+    parts = p.add_mutually_exclusive_group()
+    parts.add_argument("--part", type=_part, metavar="K/N",
+                       help="job-array mode: compute only part K (0-based) of N contiguous "
+                            "shard ranges; --output is then this part's partial index")
+    parts.add_argument("--merge-parts", nargs="+", metavar="PART_INDEX",
+                       help="job-array mode: write --output from the shards of these N "
+                            "partial indexes (every shard must be complete); computes nothing")
     p.set_defaults(func=run)

@@ -16,6 +16,11 @@ fingerprint of everything that shard depends on) and a ``compute`` function; the
 - gathers the per-reason error counts and timings, and has rank 0 write the index once,
   listing every shard with its fingerprint.
 
+A job can also run as independent parts (a SLURM job array over shard ranges instead of one
+MPI job): each part runs :func:`run_shards` on :func:`part_of` the tasks and writes a partial
+index of its shards; :func:`merge_parts` then checks that every shard of the whole job is
+complete with its fingerprint and writes the index, summing the parts' error counts.
+
 Fingerprints chain: a stage's task fingerprint includes the fingerprints of its input shards
 (read from the upstream index), so a change anywhere upstream makes every downstream shard
 stale. Fault-injection points (:func:`specbridge.faults.kill_point`) follow every shard.
@@ -233,6 +238,47 @@ def run_shards(job: ShardJob, comm: Any = None, log: logging.Logger | None = Non
     return JobSummary(len(shards), sum(e[1] for e in everyone), sum(e[2] for e in everyone),
                       total or {}, time.monotonic() - t0, max(e[3] for e in everyone) or 1e-9,
                       [e[4] for e in everyone], size)
+
+
+def part_of(tasks: Sequence[ShardTask], part: int, n_parts: int) -> list[ShardTask]:
+    """The tasks of part ``part`` (0-based) of ``n_parts``: contiguous ranges of tasks, as
+    equal in number as possible (shards are of equal size but for the last); ValueError for
+    a part outside 0 .. n_parts - 1."""
+    if not 0 <= part < n_parts:
+        raise ValueError(f"part {part} is not in 0..{n_parts - 1}")
+    return [tasks[i] for i in np.array_split(np.arange(len(tasks)), n_parts)[part]]
+
+
+def merge_parts(job: ShardJob, part_indexes: Sequence[str | Path],
+                log: logging.Logger | None = None) -> int:
+    """Write ``job``'s index from the shards its parts wrote (their partial indexes
+    ``part_indexes``), computing nothing: every task's shard must be complete with its
+    fingerprint, else :class:`~specbridge.errors.UserError` naming how many and the first
+    ones (rerun those parts). The index's 'failures' are the parts' summed; returns the
+    number of shards."""
+    from specbridge.io.shards import index_attrs
+
+    log = log or logging.getLogger(f"specbridge.{job.stage}")
+    missing = [t for t in job.tasks if not shard_is_complete(t.path, t.n, t.fingerprint)]
+    if missing:
+        first = ", ".join(str(t.path) for t in missing[:3])
+        raise UserError(f"{job.stage}: {len(missing)} of {len(job.tasks)} shards are missing or "
+                        f"stale after the parts ran ({first}{', ...' if len(missing) > 3 else ''})"
+                        "; rerun the parts that should have written them")
+    failures: Counter = Counter()
+    for p in part_indexes:
+        try:
+            failures.update(json.loads(index_attrs(p).get("failures", "{}")))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{job.stage}: cannot read the part index {p}: {describe(exc)}"
+                            ) from None
+    write_index(job.index_path, [{"path": str(t.path), "first_row": t.first_row, "n": t.n,
+                                  "fingerprint": t.fingerprint} for t in job.tasks], {
+        **job.index_attrs, "n_shards": len(job.tasks), "specbridge_version": __version__,
+        "failures": json.dumps(dict(failures)), "n_parts": len(part_indexes)})
+    log.info("%s: merged %d parts into %s (%d shards)", job.stage, len(part_indexes),
+             job.index_path, len(job.tasks))
+    return len(job.tasks)
 
 
 def map_gather(stage: str, items: Sequence[Any], compute: Callable[[Any], Any],

@@ -120,11 +120,18 @@ def _ood_settings(ood: dict[str, Any], embeddings: str | None,
 
 
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
-        comm: Any = None, *, force: bool = False) -> int:
+        comm: Any = None, *, force: bool = False, part: tuple[int, int] | None = None,
+        merge: list[str] | None = None) -> int:
     """Predict every spectrum of ``inputs['spectra']`` (and ``inputs['embeddings']``) with the
     candidates ``inputs['checkpoints']``, their errors recalibrated by
     ``inputs['calibration']`` (optional), routed by ``inputs['selection']``; writes
-    ``outputs['index']`` and its ``shards/``."""
+    ``outputs['index']`` and its ``shards/`` (beside the index).
+
+    As a job array over shard ranges: ``part`` = (k, n) computes only part k of n
+    (:func:`~specbridge.parallel.executor.part_of`) and writes ``outputs['index']`` as that
+    part's partial index; ``merge`` (the n partial indexes) then writes the whole index from
+    their shards, computing nothing. The shards' fingerprints are the same either way, so a
+    rerun in the other mode reuses them."""
     import time
 
     from specbridge.config import config_hash
@@ -135,7 +142,42 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     t0 = time.monotonic()
     out = Path(outputs["index"])
     p = bcast_from_rank0(comm, lambda: plan(cfg, inputs, out.parent / "shards"))
+    if merge is not None:
+        from specbridge.parallel.executor import merge_parts
+
+        merge_parts(ShardJob("infer", p["tasks"], _no_compute, out,
+                             _index_attrs(p, inputs, full_hash, p["tasks"])), merge, log)
+        return 0
+    if part is not None:
+        from specbridge.parallel.executor import part_of
+
+        k, n = part
+        p = {**p, "tasks": part_of(p["tasks"], k, n)}
+        log.info("part %d of %d: shards %s", k, n,
+                 f"{p['tasks'][0].number}-{p['tasks'][-1].number}" if p["tasks"] else "none")
     return run_or_abort(comm, log, _run, cfg, inputs, out, p, comm, log, force, t0, full_hash)
+
+
+def _no_compute(task: ShardTask) -> ShardResult:
+    raise AssertionError("merging parts computes nothing")
+
+
+def _index_attrs(p: dict[str, Any], inputs: dict[str, Any], full_hash: str,
+                 tasks: list[ShardTask], names: list[str] | None = None,
+                 labels: list[str] | None = None) -> dict[str, Any]:
+    """The prediction index's attributes (candidates and labels from the checkpoints' order
+    in ``p`` where not given)."""
+    if names is None or labels is None:
+        from specbridge.inference.predict import load_candidates
+
+        cands = load_candidates(inputs["checkpoints"])
+        names, labels = [c.name for c in cands], cands[0].labels
+    return {"labels": json.dumps(labels), "candidates": json.dumps(names),
+            "checkpoints": json.dumps({n: p["digests"][str(c)] for n, c in
+                                       zip(names, inputs["checkpoints"], strict=True)}),
+            "routing": json.dumps(p["routing"], default=str),
+            "settings_hash": p["settings_hash"], "config_hash": full_hash,
+            "spectra": str(inputs["spectra"]), "n_spectra": sum(t.n for t in tasks)}
 
 
 def _run(cfg, inputs, out: Path, p, comm, log, force: bool, t0: float, full_hash: str) -> int:
@@ -165,12 +207,8 @@ def _run(cfg, inputs, out: Path, p, comm, log, force: bool, t0: float, full_hash
                                        cfg["inference"]["batch_size"], p["calibration"])
         return ShardResult(arrays, counts=counts)
 
-    job = ShardJob("infer", tasks, compute, out, {
-        "labels": json.dumps(labels), "candidates": json.dumps(names),
-        "checkpoints": json.dumps({c.name: p["digests"][c.path] for c in cands}),
-        "routing": json.dumps(p["routing"], default=str), "settings_hash": p["settings_hash"],
-        "config_hash": full_hash, "spectra": str(inputs["spectra"]),
-        "n_spectra": sum(t.n for t in tasks)}, force=force)
+    job = ShardJob("infer", tasks, compute, out,
+                   _index_attrs(p, inputs, full_hash, tasks, names, labels), force=force)
     s = run_shards(job, comm, log)
     if s is not None:
         log.info("wrote %s: %d shards (%d skipped as complete); %d spectra x %d candidates in "
