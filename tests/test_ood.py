@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from specbridge import flags
 from specbridge.inference.ood import (
@@ -124,3 +125,46 @@ def test_inference_takes_the_desi_threshold_at_the_configured_percentile_only():
     for m in ({"ood_threshold": 0.42, "ood_percentile": 95.0}, {}):
         got = _ood_settings(ood, None, m)
         assert got["threshold"] is None and got["source"] == "held-out LAMOST"
+
+
+def test_embedding_distance_known_answers():
+    """Gaussian embeddings: the distance of training-like rows averages 1 (chi-square with
+    k degrees of freedom over k); a row 6 sigma out along the first principal axis is at
+    36 / k; ood_flags sets OOD_SPECTRUM from the distance alone."""
+    from specbridge.inference.ood import density_distance, fit_density
+
+    rng = np.random.default_rng(11)
+    d, k = 40, 8
+    scales = np.r_[np.linspace(5, 2, k), np.full(d - k, 0.1)]
+    train = rng.normal(size=(20_000, d)) * scales
+    dens = fit_density(train, k)
+    assert dens["components"].shape == (k, d)
+    np.testing.assert_allclose(dens["variances"], scales[:k] ** 2, rtol=0.05)
+    test = rng.normal(size=(20_000, d)) * scales
+    dist = density_distance(test, dens)
+    assert abs(dist.mean() - 1) < 0.02
+    assert abs(np.percentile(dist, 99) - 20.09 / k) < 0.1  # chi2_8 99th percentile 20.09
+    far = np.zeros((1, d))
+    far[0, 0] = 6 * scales[0]
+    assert density_distance(far, dens)[0] == pytest.approx(36 / k, rel=0.05)
+    # a NaN row, or no density: NaN
+    assert np.isnan(density_distance(np.full((1, d), np.nan), dens)).all()
+    assert np.isnan(density_distance(test[:3], None)).all()
+    value, error = np.full((2, 1), 5000.0), np.full((2, 1), 100.0)
+    bits = ood_flags(None, None, value, error, None, [], 5.0, np.array([1.0, 5.0]), 3.0)
+    assert list((bits & flags.flag("OOD_SPECTRUM")) != 0) == [False, True]
+    assert not (bits & flags.flag("OOD_LABELS")).any()
+
+
+def test_the_desi_domain_distance_threshold():
+    from specbridge.stages.evaluate import ood_domain_threshold
+
+    rng = np.random.default_rng(4)
+    n = 4000
+    split = rng.choice([1, 2], n)
+    score = rng.uniform(0, 1, n)
+    dist = rng.uniform(0, 10, n)
+    got = ood_domain_threshold({"split": split, "ood_score": score, "ood_distance": dist}, 99.0)
+    assert abs(got["ood_distance_threshold"] - 9.9) < 0.1
+    # either above its threshold: about twice the fraction of one
+    assert 0.01 < got["ood_test_flagged"] < 0.03

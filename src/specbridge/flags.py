@@ -55,8 +55,9 @@ FLAG_BITS: tuple[FlagBit, ...] = (
     FlagBit("NOT_ROUTED", 25, False, "the router candidate gave no [Fe/H]; the regime came from "
             "another candidate's value (or none)"),
     FlagBit("OOD_SPECTRUM", 26, False, "out of domain in spectrum space: the SpecFormer's "
-            "masked-reconstruction score is above the threshold (a percentile of the scores of the "
-            "survey's in-domain spectra: DESI validation stars, held-out LAMOST spectra; config "
+            "masked-reconstruction score, or its embedding's distance from the training "
+            "spectra's, is above its threshold (a percentile of the survey's in-domain "
+            "spectra's: DESI validation stars, held-out LAMOST spectra; config "
             "inference.ood)"),
     FlagBit("OOD_LABELS", 27, False, "out of domain in label space: a served label lies outside "
             "the training labels' range, or the fine-tuned candidates disagree with it beyond "

@@ -9,6 +9,13 @@ wrongly, so every catalogued spectrum is checked twice.
   training (stored with its checkpoint as quantiles); for DESI the labelled DESI validation
   stars (evaluation writes the threshold into the calibration table), since DESI spectra as a
   whole differ from LAMOST's (sky residuals) and would otherwise be flagged wholesale.
+  Also ``OOD_SPECTRUM``: the embedding's distance from the training spectra's
+  (``ood_distance``, :func:`density_distance`: Mahalanobis in the leading principal components
+  of the standardised training embeddings) above the same percentile of in-domain spectra's.
+  The two see different things: the reconstruction score a spectrum whose pixels the model
+  cannot predict, the distance one it reconstructs well but places where no training star
+  lies (M dwarfs). Each flags about 100 - ``percentile`` % of in-domain spectra, so together
+  at most twice that.
 * Label space (``OOD_LABELS``): a served label outside the support of the training labels (the
   range of the LAMOST labels the candidates were pretrained on), or the fine-tuned candidates
   disagreeing with the served value beyond ``z_max`` times their combined errors (most of them,
@@ -54,6 +61,37 @@ def score_threshold(quantiles: Sequence[float], percentile: float) -> float | No
     return float(np.interp(percentile / 100.0, np.linspace(0.0, 1.0, q.size), q))
 
 
+def fit_density(emb: np.ndarray, k: int = 8) -> dict[str, np.ndarray]:
+    """The embedding density model of training embeddings ``emb`` (n, d), standardised:
+    'mean' (d,), the leading ``k`` principal 'components' (k, d) and their 'variances'
+    (k,); rows with a non-finite value are left out."""
+    x = np.asarray(emb, np.float64)
+    x = x[np.isfinite(x).all(1)]
+    mean = x.mean(0)
+    _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
+    k = min(k, vt.shape[0])
+    var = np.maximum(sv[:k] ** 2 / max(len(x) - 1, 1), 1e-12)
+    return {"mean": mean.astype(np.float32), "components": vt[:k].astype(np.float32),
+            "variances": var.astype(np.float32)}
+
+
+def density_distance(emb: np.ndarray, density: Mapping[str, Any] | None) -> np.ndarray:
+    """(n,) the squared Mahalanobis distance, over k, of embeddings ``emb`` (n, d) from the
+    training embeddings in ``density``'s k principal components (about 1 for a training
+    spectrum; chi-square with k degrees of freedom over k for Gaussian embeddings); NaN for
+    a non-finite row or without a density."""
+    emb = np.asarray(emb, np.float64)
+    out = np.full(emb.shape[0], np.nan)
+    if not density:
+        return out
+    comp = np.asarray(density["components"], np.float64)
+    var = np.asarray(density["variances"], np.float64)
+    ok = np.isfinite(emb).all(1)
+    z = (emb[ok] - np.asarray(density["mean"], np.float64)) @ comp.T
+    out[ok] = (z ** 2 / var).sum(1) / var.size
+    return out
+
+
 def label_support(labels: np.ndarray) -> dict[str, list[float]]:
     """{'lo', 'hi'}: per label (n_labels,) the smallest and largest finite training label
     (physical units) of ``labels`` (n, n_labels)."""
@@ -90,14 +128,18 @@ def disagreeing(value: np.ndarray, error: np.ndarray,
 
 def ood_flags(score: np.ndarray | None, threshold: float | None, value: np.ndarray,
               error: np.ndarray, support: Mapping[str, Sequence[float]] | None,
-              others: Sequence[tuple[np.ndarray, np.ndarray]], z_max: float) -> np.ndarray:
+              others: Sequence[tuple[np.ndarray, np.ndarray]], z_max: float,
+              distance: np.ndarray | None = None, distance_threshold: float | None = None
+              ) -> np.ndarray:
     """(n,) int64 flag bits: ``OOD_SPECTRUM`` where ``score`` (n,) exceeds ``threshold``
-    (skipped when either is None), ``OOD_LABELS`` where the served (value, error) (n, n_labels)
-    is outside ``support`` or disagrees with the ``others`` (see :func:`disagreeing`)."""
+    or ``distance`` (n,) exceeds ``distance_threshold`` (each skipped when it or its threshold
+    is None), ``OOD_LABELS`` where the served (value, error) (n, n_labels) is outside
+    ``support`` or disagrees with the ``others`` (see :func:`disagreeing`)."""
     out = np.zeros(value.shape[0], np.int64)
-    if score is not None and threshold is not None:
-        with np.errstate(invalid="ignore"):
-            out[np.asarray(score) > threshold] |= flags.flag("OOD_SPECTRUM")
+    for x, thr in ((score, threshold), (distance, distance_threshold)):
+        if x is not None and thr is not None:
+            with np.errstate(invalid="ignore"):
+                out[np.asarray(x) > thr] |= flags.flag("OOD_SPECTRUM")
     lab = outside_support(value, support) | disagreeing(value, error, others, z_max)
     out[lab] |= flags.flag("OOD_LABELS")
     return out

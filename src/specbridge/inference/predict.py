@@ -175,8 +175,10 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
     fl = d["flags"].astype(np.int64)
     ood = routing.get("ood") or {}
     score = _ood_scores(shard, d["specid"].shape[0])
+    dist = _ood_scores(shard, d["specid"].shape[0], "ood_distance")
     fl |= ood_flags(score, ood.get("threshold"), r.value, r.error, _support(cands),
-                    _others(preds, names, r.served, cands), float(ood.get("z_max", 5.0)))
+                    _others(preds, names, r.served, cands), float(ood.get("z_max", 5.0)),
+                    dist, ood.get("distance_threshold"))
     some = np.isfinite(r.value).any(1)
     failed = ~some & ~flags.is_fatal(fl)
     fl[failed] |= flags.flag("PREDICTION_FAILED")
@@ -194,6 +196,7 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
                 int(failed.sum()) - no_input
     arrays = {"specid": d["specid"], "manifest_row": d["manifest_row"], "flags": fl,
               "snr": d["snr"], "ood_score": score.astype(np.float32),
+              "ood_distance": dist.astype(np.float32),
               "value": r.value.astype(np.float32),
               "error": r.error.astype(np.float32), "regime": r.regime, "served": r.served,
               "candidate_value": np.stack([preds[n][0] for n in names]).astype(np.float32),
@@ -201,15 +204,15 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
     return arrays, counts
 
 
-def _ood_scores(shard: Mapping[str, Any], n: int) -> np.ndarray:
-    """(n,) out-of-domain scores of the shard's rows from its embedding shard (NaN without
-    one, or for one written before scores were stored)."""
+def _ood_scores(shard: Mapping[str, Any], n: int, key: str = "ood_score") -> np.ndarray:
+    """(n,) out-of-domain scores (``key`` 'ood_score', or 'ood_distance') of the shard's rows
+    from its embedding shard (NaN without one, or for one written before they were stored)."""
     import h5py
 
     if shard.get("emb_path"):
         with h5py.File(shard["emb_path"], "r") as h:
-            if "ood_score" in h:
-                return h["ood_score"][()].astype(np.float64)
+            if key in h:
+                return h[key][()].astype(np.float64)
     return np.full(n, np.nan)
 
 

@@ -73,12 +73,12 @@ def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[st
 
 def write_embedding_shard(path: str | Path, arrays: dict[str, np.ndarray],
                           attrs: dict[str, Any]) -> None:
-    """A shard of SpecFormer embeddings: ``embedding`` f4 (n, d), ``ood_score`` f4 (n,) when
-    given, plus the row fields of the spectra shard it was made from; written atomically,
-    ``complete`` last."""
+    """A shard of SpecFormer embeddings: ``embedding`` f4 (n, d), ``ood_score`` and
+    ``ood_distance`` f4 (n,) when given, plus the row fields of the spectra shard it was made
+    from; written atomically, ``complete`` last."""
     emb = arrays["embedding"].astype(np.float32, copy=False)
-    extra = ({"ood_score": arrays["ood_score"].astype(np.float32, copy=False)}
-             if "ood_score" in arrays else {})
+    extra = {k: arrays[k].astype(np.float32, copy=False)
+             for k in ("ood_score", "ood_distance") if k in arrays}
     write_arrays(path, {"embedding": emb, **extra, **{f: arrays[f] for f in ROW_FIELDS}},
                  attrs, emb.shape[0])
 

@@ -84,7 +84,7 @@ def _pass(net: SpecFormer, data: LabelledShards, seed: int, device: torch.device
 
 def measure(net: SpecFormer, train_set: LabelledShards, val_set: LabelledShards,
             labels: Sequence[str], seed: int, device: torch.device,
-            max_rows: int = 50_000) -> dict[str, Any]:
+            max_rows: int = 50_000, density_components: int = 8) -> dict[str, Any]:
     """Embedding quality of a trained SpecFormer (eval mode) on (at most ``max_rows`` random
     rows of each of) its training and validation spectra: ``embed_mean``, ``embed_std``
     (d_model,) of the training embeddings (a zero std replaced by 1); ``probe``: per label the
@@ -92,7 +92,11 @@ def measure(net: SpecFormer, train_set: LabelledShards, val_set: LabelledShards,
     the validation labels' spread and the numbers of labelled rows; ``ood_scores``: quantiles
     (:data:`OOD_QUANTILES`) of the out-of-domain score of the validation spectra, which the
     model did not train on (so a percentile of them flags that fraction of unseen in-domain
-    spectra)."""
+    spectra); ``density``: the standardised training embeddings' density model
+    (:func:`specbridge.inference.ood.fit_density`, ``density_components`` of them) and
+    ``ood_distances``: the quantiles of the validation spectra's distance from it."""
+    from specbridge.inference.ood import density_distance, fit_density
+
     tr = _pass(net, train_set, seed, device, max_rows, scores=False)
     va = _pass(net, val_set, seed, device, max_rows, scores=True)
     mean = tr["emb"].mean(0)
@@ -110,5 +114,11 @@ def measure(net: SpecFormer, train_set: LabelledShards, val_set: LabelledShards,
     scores = va["score"][np.isfinite(va["score"])]
     quantiles = (np.quantile(scores, OOD_QUANTILES) if scores.size
                  else np.full(OOD_QUANTILES.size, np.nan))
+    density = fit_density((tr["emb"] - mean) / std, density_components)
+    dist = density_distance((va["emb"] - mean) / std, density)
+    dist = dist[np.isfinite(dist)]
+    dq = (np.quantile(dist, OOD_QUANTILES) if dist.size
+          else np.full(OOD_QUANTILES.size, np.nan))
     return {"embed_mean": mean.astype(np.float32), "embed_std": std.astype(np.float32),
-            "probe": probe, "ood_scores": quantiles}
+            "probe": probe, "ood_scores": quantiles, "density": density,
+            "ood_distances": dq}

@@ -99,7 +99,7 @@ def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float,
 
     import torch
 
-    from specbridge.inference.ood import spectrum_scores
+    from specbridge.inference.ood import density_distance, spectrum_scores
     from specbridge.io.shards import ROW_FIELDS, read_shard, write_embedding_shard
     from specbridge.models.checkpoint import load_model
 
@@ -111,6 +111,7 @@ def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float,
                         "statistics (pretrain it again)")
     mean = np.asarray(ck.meta["embed_mean"], np.float32)
     std = np.asarray(ck.meta["embed_std"], np.float32)
+    density = ck.meta.get("ood_density")
 
     def compute(task: ShardTask) -> ShardResult:
         d = read_shard(task.inputs["spectra"], ("flux", "ivar") + ROW_FIELDS)
@@ -118,13 +119,15 @@ def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float,
         emb = embed_rows(model, d["flux"], d["ivar"], usable, mean, std)
         score = (spectrum_scores(model, d["flux"], d["ivar"], usable) if ood_scores
                  else np.full(len(usable), np.nan, np.float32))
-        return ShardResult({"embedding": emb, "ood_score": score,
+        dist = density_distance(emb, density).astype(np.float32)
+        return ShardResult({"embedding": emb, "ood_score": score, "ood_distance": dist,
                             **{f: d[f] for f in ROW_FIELDS}})
 
     job = ShardJob("embed", tasks, compute, out, {
         "dim": int(mean.size), "spectra": str(inputs["spectra"]),
         "specformer": str(inputs["model"]),
-        "ood_score_quantiles": json.dumps(list(ck.meta.get("ood_score_quantiles", [])))},
+        "ood_score_quantiles": json.dumps(list(ck.meta.get("ood_score_quantiles", []))),
+        "ood_distance_quantiles": json.dumps(list(ck.meta.get("ood_distance_quantiles", [])))},
         write=lambda p, a, at, _n: write_embedding_shard(p, a, at), force=force)
     s = run_shards(job, comm, log)
     if s is not None:

@@ -24,8 +24,8 @@ log = logging.getLogger("specbridge.evaluate")
 
 def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[str, np.ndarray]:
     """Labelled validation + test rows of all shards with every candidate's predictions:
-    specid, split, snr, ref, ref_err, ood_score (the embedding shard's; NaN without one),
-    and '<candidate>/value', '<candidate>/error'."""
+    specid, split, snr, ref, ref_err, ood_score and ood_distance (the embedding shard's; NaN
+    without one), and '<candidate>/value', '<candidate>/error'."""
     from specbridge import flags
     from specbridge.inference.predict import predict_all, read_inputs
     from specbridge.labels import index
@@ -46,7 +46,8 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
         preds = predict_all(cands, sub, batch_size)
         got = {"specid": sub["specid"], "split": split[keep], "snr": sub["snr"],
                "ref": ref[keep], "ref_err": d["label_errors"][keep][:, cols],
-               "ood_score": _ood_scores(s, keep)}
+               "ood_score": _ood_scores(s, keep),
+               "ood_distance": _ood_scores(s, keep, "ood_distance")}
         if "star" in sub:  # the per-star key, where the shards carry one
             got["star"] = sub["star"]
         for name, (v, e) in preds.items():
@@ -57,15 +58,16 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _ood_scores(shard: dict[str, Any], keep: np.ndarray) -> np.ndarray:
-    """(keep.sum(),) the out-of-domain scores of the kept rows from the shard's embedding
-    shard; NaN where it has none."""
+def _ood_scores(shard: dict[str, Any], keep: np.ndarray, key: str = "ood_score"
+                ) -> np.ndarray:
+    """(keep.sum(),) the out-of-domain scores (``key``: 'ood_score' or 'ood_distance') of
+    the kept rows from the shard's embedding shard; NaN where it has none."""
     from specbridge.io.shards import read_shard
 
     path = shard.get("emb_path")
     if path:
         try:
-            return read_shard(path, ("ood_score",))["ood_score"][keep].astype(np.float64)
+            return read_shard(path, (key,))[key][keep].astype(np.float64)
         except KeyError:  # embedding shards written without scores (embed --no-ood-scores)
             pass
     return np.full(int(keep.sum()), np.nan)
@@ -73,21 +75,31 @@ def _ood_scores(shard: dict[str, Any], keep: np.ndarray) -> np.ndarray:
 
 def ood_domain_threshold(data: dict[str, np.ndarray], percentile: float
                          ) -> dict[str, Any] | None:
-    """The out-of-domain score threshold of the DESI domain: the ``percentile`` (0-100) of
-    the validation stars' scores (labelled DESI stars like those the candidates were
-    fine-tuned on, never used to fit them), with the validation count and the test split's
-    flagged fraction; None with fewer than 20 finite validation scores."""
+    """The out-of-domain thresholds of the DESI domain: the ``percentile`` (0-100) of the
+    validation stars' reconstruction scores ('ood_threshold') and embedding distances
+    ('ood_distance_threshold'; None without distances), from labelled DESI stars like those
+    the candidates were fine-tuned on, never used to fit them; with the validation count and
+    the fraction of test stars above either ('ood_test_flagged'). None with fewer than 20
+    finite validation scores."""
     score = data.get("ood_score")
     if score is None:
         return None
     val = (data["split"] == 1) & np.isfinite(score)
     if val.sum() < 20:
         return None
-    thr = float(np.percentile(score[val], percentile))
-    test = (data["split"] == 2) & np.isfinite(score)
-    flagged = float(np.mean(score[test] > thr)) if test.any() else float("nan")
-    return {"ood_threshold": thr, "ood_percentile": float(percentile),
-            "ood_threshold_n": int(val.sum()), "ood_test_flagged": flagged}
+    out: dict[str, Any] = {"ood_threshold": float(np.percentile(score[val], percentile)),
+                           "ood_distance_threshold": None, "ood_percentile": float(percentile),
+                           "ood_threshold_n": int(val.sum())}
+    test = data["split"] == 2
+    with np.errstate(invalid="ignore"):
+        flagged = score[test] > out["ood_threshold"]
+        dist = data.get("ood_distance")
+        if dist is not None and (np.isfinite(dist) & val).sum() >= 20:
+            out["ood_distance_threshold"] = float(np.percentile(
+                dist[val & np.isfinite(dist)], percentile))
+            flagged |= dist[test] > out["ood_distance_threshold"]
+    out["ood_test_flagged"] = float(np.mean(flagged)) if test.any() else float("nan")
+    return out
 
 
 def load_checked_candidates(paths: list[str], router: str, embeddings: str | None):
@@ -252,10 +264,11 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     domain = ood_domain_threshold(data, inf["ood"]["percentile"])
     if domain is not None:
         calib.meta.update(domain)
-        log.info("out-of-domain score threshold of the DESI domain: %.4g (%g-th percentile "
-                 "of %d validation stars); test stars above it: %.1f %%",
-                 domain["ood_threshold"], domain["ood_percentile"],
-                 domain["ood_threshold_n"], 100 * domain["ood_test_flagged"])
+        log.info("out-of-domain thresholds of the DESI domain (%g-th percentile of %d "
+                 "validation stars): score %.4g, embedding distance %s; test stars above "
+                 "either: %.1f %%", domain["ood_percentile"], domain["ood_threshold_n"],
+                 domain["ood_threshold"], domain["ood_distance_threshold"],
+                 100 * domain["ood_test_flagged"])
     meta = {"labels": labels, "candidates": names, "router": selection.meta["router"],
             "router_setting": inf["router"], "router_passes": inf["router_passes"],
             "blend": inf["blend"], "feh_threshold": ev["feh_threshold"],

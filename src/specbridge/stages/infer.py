@@ -97,26 +97,31 @@ def plan(cfg: dict[str, Any], inputs: dict[str, Any], out_dir: Path) -> dict[str
 def _ood_settings(ood: dict[str, Any], embeddings: str | None,
                   calibration_meta: dict[str, Any]) -> dict[str, Any]:
     """The out-of-domain settings of :func:`specbridge.inference.ood.ood_flags`: the score
-    threshold, the percentile, z_max and where the threshold comes from ('source'). The
-    threshold is the DESI domain's (the configured percentile of the DESI validation stars'
-    scores, written by evaluate into the calibration table's meta) when the calibration has
-    it at the same percentile; else that percentile of the held-out LAMOST spectra's scores
-    (from the embedding index); None without either."""
+    and embedding-distance thresholds, the percentile, z_max and where the thresholds come
+    from ('source'). They are the DESI domain's (the configured percentile of the DESI
+    validation stars' scores and distances, written by evaluate into the calibration table's
+    meta) when the calibration has them at the same percentile; else that percentile of the
+    held-out LAMOST spectra's (from the embedding index); None without either."""
+    pct = ood["percentile"]
+    base = {"percentile": pct, "z_max": ood["z_max"]}
     if (calibration_meta.get("ood_threshold") is not None and embeddings
-            and float(calibration_meta.get("ood_percentile", -1)) == float(ood["percentile"])):
-        return {"threshold": float(calibration_meta["ood_threshold"]),
-                "percentile": ood["percentile"], "z_max": ood["z_max"],
+            and float(calibration_meta.get("ood_percentile", -1)) == float(pct)):
+        dt = calibration_meta.get("ood_distance_threshold")
+        return {**base, "threshold": float(calibration_meta["ood_threshold"]),
+                "distance_threshold": None if dt is None else float(dt),
                 "source": "DESI validation"}
-    threshold = None
+    thresholds: dict[str, float | None] = {"threshold": None, "distance_threshold": None}
     if embeddings:
         from specbridge.inference.ood import score_threshold
         from specbridge.io.shards import index_attrs
 
-        q = json.loads(index_attrs(embeddings).get("ood_score_quantiles", "[]"))
-        if q:
-            threshold = score_threshold(q, ood["percentile"])
-    return {"threshold": threshold, "percentile": ood["percentile"], "z_max": ood["z_max"],
-            "source": "held-out LAMOST"}
+        attrs = index_attrs(embeddings)
+        for key, name in (("threshold", "ood_score_quantiles"),
+                          ("distance_threshold", "ood_distance_quantiles")):
+            q = json.loads(attrs.get(name, "[]"))
+            if q:
+                thresholds[key] = score_threshold(q, pct)
+    return {**base, **thresholds, "source": "held-out LAMOST"}
 
 
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],

@@ -306,10 +306,16 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
         q = quality["ood_scores"]
         log.info("out-of-domain score on validation spectra: median %.3g, 99th percentile "
                  "%.3g", q[len(q) // 2], q[int(0.99 * (len(q) - 1))])
+        q = quality["ood_distances"]
+        log.info("embedding distance from the training spectra on validation spectra: median "
+                 "%.3g, 99th percentile %.3g (%d components)", q[len(q) // 2],
+                 q[int(0.99 * (len(q) - 1))], quality["density"]["variances"].size)
         meta = {"embed_mean": quality["embed_mean"], "embed_std": quality["embed_std"],
                 "history": state.history, "val_loss": val, "val_patch_mean_loss": task.baseline,
                 "best_epoch": state.best_epoch, "n_excluded_holdout": n_held,
                 "n_train_spectra": train_set.n, "n_val_spectra": val_set.n,
                 "probe": quality["probe"], "ood_score_quantiles": quality["ood_scores"],
+                "ood_density": quality["density"],
+                "ood_distance_quantiles": quality["ood_distances"],
                 "training": tr}
         _write(outputs["checkpoint"], "specformer", arch, net, meta, cfg, state.best_epoch)

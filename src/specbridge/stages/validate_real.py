@@ -67,32 +67,47 @@ def predict_set(cfg: dict[str, Any], s: dict[str, Any], model: str | Path, work:
 
 def out_of_domain(cfg: dict[str, Any], specformer: str | Path | None, index: Path,
                   value: np.ndarray, error: np.ndarray, support: dict[str, Any] | None
-                  ) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """(score (n,), flag bits (n,), threshold) of the preprocessed spectra of ``index``
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
+    """(score (n,), embedding distance (n,), flag bits (n,), score threshold) of the
+    preprocessed spectra of ``index``
     predicted as ``value``/``error`` (n, n_labels): the checks of
     :mod:`specbridge.inference.ood` with the SpecFormer checkpoint ``specformer`` (spectrum
     space; skipped without one) and the training-label ``support`` (label space; one
     candidate, so no disagreement check)."""
     from specbridge import flags
-    from specbridge.inference.ood import ood_flags, score_threshold, spectrum_scores
+    from specbridge.inference.ood import (
+        density_distance,
+        ood_flags,
+        score_threshold,
+        spectrum_scores,
+    )
     from specbridge.io.shards import read_index, read_shard
     from specbridge.models.checkpoint import load_model
+    from specbridge.stages.embed import embed_rows
 
     ood = cfg["inference"]["ood"]
     n = value.shape[0]
-    score, threshold = np.full(n, np.nan), None
+    score, dist, threshold, dist_threshold = np.full(n, np.nan), np.full(n, np.nan), None, None
     if specformer:
         sf, ck = load_model(specformer, kinds=("specformer",))
-        parts = []
+        mean = np.asarray(ck.meta["embed_mean"], np.float32)
+        std = np.asarray(ck.meta["embed_std"], np.float32)
+        parts, dparts = [], []
         for sh in read_index(index):
             d = read_shard(sh["path"], ("flux", "ivar", "flags"))
             usable = ~flags.is_fatal(d["flags"]) & ((d["ivar"] > 0).sum(1) > 0)
             parts.append(spectrum_scores(sf, d["flux"], d["ivar"], usable))
+            emb = embed_rows(sf, d["flux"], d["ivar"], usable, mean, std)
+            dparts.append(density_distance(emb, ck.meta.get("ood_density")))
         score = np.concatenate(parts).astype(np.float64)
+        dist = np.concatenate(dparts)
         q = ck.meta.get("ood_score_quantiles")
         threshold = score_threshold(q, ood["percentile"]) if q else None
-    bits = ood_flags(score, threshold, value, error, support, [], ood["z_max"])
-    return score, bits, threshold
+        q = ck.meta.get("ood_distance_quantiles")
+        dist_threshold = score_threshold(q, ood["percentile"]) if q else None
+    bits = ood_flags(score, threshold, value, error, support, [], ood["z_max"], dist,
+                     dist_threshold)
+    return score, dist, bits, threshold
 
 
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
@@ -118,12 +133,13 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     t = Table()
     t["FILE"] = [Path(f).name for f in rows["FILE"]]
     t["LABEL_ID"] = rows["LABEL_ID"]  # the reference star: repeat visits share it
-    score, ood_bits, threshold = out_of_domain(cfg, inputs.get("specformer"),
+    score, dist, ood_bits, threshold = out_of_domain(cfg, inputs.get("specformer"),
                                                work / "preprocessed" / "index.h5", value,
                                                error, cand.support)
     t["SPECID"], t["SNR"] = cat["specid"], cat["snr"]
     t["FLAGS"] = cat["flags"].astype(np.int64) | ood_bits
     t["OOD_SCORE"] = score
+    t["OOD_DISTANCE"] = dist
     summary = []
     for i, lab in enumerate(labs):
         ref = cat["labels"][:, cols[i]].astype(np.float64)

@@ -60,7 +60,10 @@ def params_columns(labels: Sequence[str]) -> list[tuple[str, str, str, str]]:
              ("SNR", "f4", "", "median per-pixel S/N over 4000-5600 A"),
              ("OOD_SCORE", "f4", "", "SpecFormer masked-reconstruction excess error "
                                      "(standardised flux units; OOD_SPECTRUM above the "
-                                     "threshold in the header; NaN: none)")]
+                                     "threshold in the header; NaN: none)"),
+             ("OOD_DISTANCE", "f4", "", "squared Mahalanobis distance over k of the "
+                                        "embedding from the training spectra's (about 1 "
+                                        "in domain; OOD_SPECTRUM above OODDTHR; NaN: none)")]
     return cols
 
 
@@ -141,7 +144,7 @@ MANIFEST_COLUMNS = ("SPECID", "DESI_SURVEY", "DESI_PROGRAM", "RA", "DEC", "GAIA_
                     "FILE")
 #: prediction-shard datasets the VAC reads, per row (``candidate_*``: (K, n, L))
 PREDICTION_FIELDS = ("specid", "flags", "snr", "value", "error", "regime", "served",
-                     "candidate_value", "candidate_error", "ood_score")
+                     "candidate_value", "candidate_error", "ood_score", "ood_distance")
 
 
 def read_manifest_chunk(hdu: fitsio.hdu.TableHDU, start: int, stop: int,
@@ -199,6 +202,7 @@ def chunk_tables(labels: Sequence[str], candidates: Sequence[str], m: dict[str, 
     params["REGIME"] = np.where(seen, pred["regime"], -1)
     params["SNR"] = np.where(seen, pred["snr"], np.nan)
     params["OOD_SCORE"] = np.where(seen, pred["ood_score"], np.nan)
+    params["OOD_DISTANCE"] = np.where(seen, pred["ood_distance"], np.nan)
     for i, lab in enumerate(labels):
         col = lb.column(lab)
         params[col] = np.where(seen, pred["value"][:, i], np.nan)
@@ -249,7 +253,10 @@ def provenance(attrs: dict[str, Any], labels: Sequence[str], candidates: Sequenc
                   ("OODPCT", float(ood["percentile"]),
                    "[%] OODTHR: this percentile of OODSRC's scores"),
                   ("OODSRC", str(ood.get("source", "held-out LAMOST")),
-                   "spectra the threshold was calibrated on")]
+                   "spectra the thresholds were calibrated on")]
+    if ood.get("distance_threshold") is not None:
+        cards += [("OODDTHR", float(ood["distance_threshold"]),
+                   "OOD_DISTANCE above it: OOD_SPECTRUM")]
     if ood:
         cards += [("OODZMAX", float(ood["z_max"]), "OOD_LABELS: candidates disagree beyond")]
     for k, dep in enumerate(DEPENDENCIES):

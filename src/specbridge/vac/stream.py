@@ -339,6 +339,7 @@ class PredictionReader:
         out = {"specid": np.full(c, -1, np.int64), "flags": np.zeros(c, np.int64),
                "snr": np.full(c, np.nan, np.float32), "regime": np.full(c, -1, np.int16),
                "ood_score": np.full(c, np.nan, np.float32),
+               "ood_distance": np.full(c, np.nan, np.float32),
                "value": np.full((c, L), np.nan, np.float32),
                "error": np.full((c, L), np.nan, np.float32),
                "served": np.full((c, L), -1, np.int64),
@@ -351,8 +352,9 @@ class PredictionReader:
             h, j = self._file(int(k)), p - lo
             for f in ("specid", "flags", "snr", "regime", "value", "error", "served"):
                 out[f][at] = h[f][lo:hi][j]
-            if "ood_score" in h:  # shards written before OOD scores have none
-                out["ood_score"][at] = h["ood_score"][lo:hi][j]
+            for f in ("ood_score", "ood_distance"):
+                if f in h:  # shards written before the OOD scores have none
+                    out[f][at] = h[f][lo:hi][j]
             for f in ("candidate_value", "candidate_error"):
                 out[f][:, at] = h[f][:, lo:hi][:, j]
         return out
