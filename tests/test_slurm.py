@@ -1,16 +1,18 @@
-"""`snakemake --profile slurm` on a real single-node SLURM cluster: MPI ranks and
-torch.distributed ranks started by srun inside SLURM jobs."""
+"""`snakemake --profile slurm` on a real two-node SLURM cluster (tests/cluster/local_slurm.sh:
+the second node a slurmd in its own network namespace): MPI ranks and torch.distributed ranks
+started by srun inside SLURM jobs, on one node and across both."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slurm
 
-# CPU-only overrides of the site settings in slurm/site.env (a 2-core test node, no GPU).
+# CPU-only overrides of the site settings in slurm/site.env (2-core test nodes, no GPU).
 CPU_NODE = {
     "SPECBRIDGE_SLURM_ACCOUNT": "",
     "SPECBRIDGE_SLURM_PARTITION": "debug",
@@ -67,10 +69,12 @@ def test_srun_without_pmi_is_caught(slurm_cluster, repo, tmp_path, tool_env):
     assert "world size 1, expected 2" in log
 
 
-def test_training_ddp_under_srun_matches_one_rank(slurm_cluster, small_mock, tmp_path,
-                                                  tool_env):
-    """The training loop's ranks started by srun (SLURM_PROCID / SLURM_STEP_NUM_TASKS, MPICH
-    via PMI2) reproduce a single-process run with the same global batch."""
+def test_training_ddp_over_two_nodes_matches_one_process(slurm_cluster, small_mock, tmp_path,
+                                                         tool_env):
+    """DDP over the test cluster's two nodes, one rank per node (srun --nodes=2: ranks from
+    SLURM_PROCID / SLURM_STEP_NUM_TASKS, local rank 0 on each, the rendezvous at the first
+    node's address over the network between them), reproduces a single-process run with the
+    same global batch."""
     import shutil
 
     import torch
@@ -99,16 +103,62 @@ def test_training_ddp_under_srun_matches_one_rank(slurm_cluster, small_mock, tmp
                          text=True, env=tool_env, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
     srun = shutil.which("srun")
-    two = subprocess.run([srun, "--mpi=pmi2", "-n", "2", "-c", "1", "-p", "debug", *base,
-                          "--output", str(tmp_path / "two.pt")], capture_output=True,
-                         text=True, env=tool_env, timeout=600)
+    two = subprocess.run([srun, "--mpi=pmi2", "--nodes=2", "--ntasks-per-node=1", "-c", "1",
+                          "-p", "debug", *base, "--output", str(tmp_path / "two.pt")],
+                         capture_output=True, text=True, env=tool_env, timeout=600)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
     assert "2 rank(s)" in two.stderr  # one DDP job of two ranks, not two lone processes
+    # two hosts, local rank 0 on each, the rendezvous at the first node's name
+    assert "2 ranks on 2 host(s)" in two.stderr and "local ranks 0,0" in two.stderr, \
+        two.stderr[-2000:]
+    assert "rendezvous at sbn1:" in two.stderr and "via srun" in two.stderr
     a = load_checkpoint(tmp_path / "one.pt")
     b = load_checkpoint(tmp_path / "two.pt")
     for k, v in a.state_dict.items():
         if v.dtype.is_floating_point:
             torch.testing.assert_close(b.state_dict[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_mpi_preprocessing_over_two_nodes_matches_one_rank(slurm_cluster, small_mock,
+                                                           tmp_path, tool_env):
+    """MPI preprocessing over the test cluster's two nodes, one rank per node (srun --nodes=2,
+    MPICH through PMI2, the ranks in different network namespaces), writes the same shards,
+    value for value, as one process."""
+    import shutil
+
+    import h5py
+
+    from specbridge.io.manifest import build_manifest, write_manifest
+    from specbridge.io.shards import read_index, read_shard
+
+    rows = build_manifest("desi", small_mock["desi"])
+    write_manifest(tmp_path / "m.fits", rows)
+
+    def preprocess(out, launcher=()):
+        r = subprocess.run([*launcher, "specbridge", "preprocess", "--manifest",
+                            str(tmp_path / "m.fits"), "--output", str(out),
+                            "--spectra-per-shard", "100"],
+                           capture_output=True, text=True, env=tool_env, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        return r
+
+    preprocess(tmp_path / "one" / "index.h5")
+    srun = shutil.which("srun")
+    two = preprocess(tmp_path / "two" / "index.h5",
+                     [srun, "--mpi=pmi2", "--nodes=2", "--ntasks-per-node=1", "-c", "1",
+                      "-p", "debug"])
+    assert "over 2 ranks" in two.stderr, two.stderr[-2000:]
+    one_idx, two_idx = read_index(tmp_path / "one" / "index.h5"), \
+        read_index(tmp_path / "two" / "index.h5")
+    assert len(one_idx) >= 2
+    assert [(s["first_row"], s["n"], s["fingerprint"]) for s in one_idx] == \
+        [(s["first_row"], s["n"], s["fingerprint"]) for s in two_idx]
+    for a, b in zip(one_idx, two_idx, strict=True):
+        with h5py.File(a["path"]) as h:
+            keys = tuple(h.keys())
+        da, db = read_shard(a["path"], keys), read_shard(b["path"], keys)
+        for k in keys:
+            np.testing.assert_array_equal(da[k], db[k], err_msg=k)
 
 
 SMALL_PIPELINE = {

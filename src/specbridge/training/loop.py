@@ -130,6 +130,16 @@ def start_ranks(log: logging.Logger) -> tuple[DistEnv, torch.device]:
     from specbridge.parallel.ddp import init_distributed
 
     env, device = init_distributed()
+    if env.is_distributed:
+        import socket
+
+        hosts: list[Any] = [None] * env.world_size
+        dist.all_gather_object(hosts, (socket.gethostname(), env.local_rank, str(device)))
+        names = list(dict.fromkeys(h[0] for h in hosts))
+        log.info("%d ranks on %d host(s) (%s; local ranks %s; devices %s), rendezvous at "
+                 "%s:%s via %s", env.world_size, len(names), ", ".join(names),
+                 ",".join(str(h[1]) for h in hosts), ",".join(h[2] for h in hosts),
+                 env.master_addr, env.master_port, env.launcher)
     if not env.is_main:
         logging.getLogger().setLevel(logging.WARNING)
         log.setLevel(logging.WARNING)
