@@ -23,6 +23,8 @@ CPU_NODE = {
     "SPECBRIDGE_TRAIN_TASKS": "2",
     "SPECBRIDGE_CPU_CPUS_PER_TASK": "1",
     "SPECBRIDGE_GPU_CPUS_PER_TASK": "1",
+    "SPECBRIDGE_VAC_TASKS": "2",
+    "SPECBRIDGE_GPUS_PER_ARRAY_TASK": "0",
 }
 
 
@@ -203,7 +205,7 @@ def test_whole_pipeline_under_slurm_then_rule_level_rerun(slurm_cluster, repo, t
     assert out.count("has been submitted with SLURM jobid") >= 24
     assert "over 2 ranks" in logs["preprocess_desi"]
     assert "2 rank(s)" in logs["pretrain_mlp"] and "2 rank(s)" in logs["finetune_mlp_lora"]
-    assert "[rank 0/2]" in logs["infer"]
+    assert "[rank 0/2]" in logs["infer"] and "(2 rank(s))" in logs["vac"]
     vac = read_fits_tables(res / "vac" / "specbridge-vac-v1.fits")
     assert len(vac["PARAMS"]) == 400
     assert (res / "report" / "index.html").exists()

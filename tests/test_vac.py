@@ -86,7 +86,7 @@ def vac_run(transfer_run, small_mock, tmp_path_factory, tool_env, mpiexec):
         return d / tag
 
     return {"dir": d, "manifest": rows, "files": files, "infer": infer, "vac": vac,
-            "first": vac("first")}
+            "first": vac("first"), "config": cfg}
 
 
 def _layout_files(top):
@@ -271,6 +271,36 @@ def test_streaming_equals_all_at_once(vac_run, tmp_path):
         for c in a[g]:
             np.testing.assert_array_equal(a[g][c], b[g][c], err_msg=f"{g}.{c}")
     assert not list(tmp_path.rglob(".spill*")) and not list(tmp_path.rglob("*.part.fits"))
+
+
+def test_vac_under_mpi_equals_one_rank(vac_run, tmp_path, mpiexec, tool_env):
+    """`mpiexec -n 2 specbridge vac`, with blocks small enough that both ranks write HEALPix
+    files, writes the same files, value for value, as one rank."""
+    import yaml
+
+    d = vac_run["dir"]
+    cfg = tmp_path / "small_blocks.yaml"
+    base = yaml.safe_load(Path(vac_run["config"]).read_text())
+    cfg.write_text(yaml.safe_dump({**base, "vac": {**base.get("vac", {}), "block_rows": 50,
+                                                   "chunk_rows": 7}}))
+    top = tmp_path / "mpi"
+    r = subprocess.run([mpiexec, "-n", "2", "specbridge", "vac", "--config", str(cfg),
+                        "--predictions", str(d / "inf" / "index.h5"), "--manifest",
+                        str(d / "desi.fits"), "--fits", str(top / "vac.fits"), "--hdf5",
+                        str(top / "vac.h5"), "--tree", str(top / "v1")],
+                       capture_output=True, text=True, env=tool_env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "(2 rank(s))" in r.stderr
+    first = vac_run["first"]
+    files = {k: sorted(p.relative_to(t) for p in t.rglob("*.fits"))
+             for k, t in (("one", first), ("mpi", top))}
+    assert files["one"] == files["mpi"] and len(files["one"]) > 5
+    for rel in files["one"]:
+        a, b = read_fits_tables(first / rel), read_fits_tables(top / rel)
+        for hdu in a:
+            for c in a[hdu].dtype.names:
+                np.testing.assert_array_equal(a[hdu][c], b[hdu][c], err_msg=f"{rel} {c}")
+    assert not list(top.rglob(".spill*"))
 
 
 def test_fits_and_hdf5_agree_value_for_value(vac_run):

@@ -106,7 +106,8 @@ else:
 
 rule vac:
     """The value-added catalogue: every observation (FITS + HDF5) and DESI's layout (per-HEALPix
-    files, merged catalogues per SURVEY-PROGRAM) under a versioned directory."""
+    files, merged catalogues per SURVEY-PROGRAM) under a versioned directory (MPI: the
+    per-HEALPix files spread over the ranks)."""
     input:
         predictions=out("inference", "index.h5"),
         manifest=out("manifest", "desi.fits"),
@@ -121,8 +122,10 @@ rule vac:
         log_path("vac"),
     benchmark:
         benchmark_path("vac")
-    threads: 1
+    threads: config["vac"]["mpi_tasks"]
     resources:
+        mpi="mpiexec",
+        tasks=config["vac"]["mpi_tasks"],
         nodes=1,
         gpu=0,
         runtime=60,
@@ -130,6 +133,7 @@ rule vac:
     conda:
         "../../envs/specbridge.yaml"
     shell:
-        "specbridge vac --config {params.config} --predictions {input.predictions} "
+        "{resources.mpi} -n {resources.tasks} specbridge vac --config {params.config} "
+        "--predictions {input.predictions} "
         "--manifest {input.manifest} --fits {output.fits} --hdf5 {output.hdf5} "
         "--tree {output.tree} > {log} 2>&1"

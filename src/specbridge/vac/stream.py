@@ -408,11 +408,56 @@ class Summary:
 def build(predictions: str | Path, manifest: str | Path, fits_path: str | Path,
           hdf5_path: str | Path, tree: str | Path | None, name: str, version: str,
           config_hash: str, chunk_rows: int = 100_000, block_rows: int = 250_000,
-          progress: Callable[[str, int, int], None] | None = None) -> Summary:
+          progress: Callable[[str, int, int], None] | None = None,
+          comm: Any = None) -> Summary | None:
     """Write the catalogue of every observation (``fits_path``, ``hdf5_path``: manifest
     order) and, if ``tree`` is given, the DESI layout under it (per-HEALPix files, merged
     catalogues per SURVEY-PROGRAM; see :mod:`specbridge.vac.layout`), in memory bounded by
-    ``chunk_rows`` and ``block_rows`` (plus ≈ 40 bytes a row of keys)."""
+    ``chunk_rows`` and ``block_rows`` (plus ≈ 40 bytes a row of keys).
+
+    Under MPI (``comm`` with several ranks; every rank calls this) rank 0 writes the
+    catalogue of every observation and the merged catalogues, and the per-HEALPix files (the
+    costly part: ~5 ms of CPU each) are spread over the ranks by block; the files are the same
+    as with one rank. Returns the summary on rank 0, None elsewhere."""
+    from specbridge.parallel.mpi import bcast_from_rank0, comm_rank_size
+
+    rank, size = comm_rank_size(comm)
+    t0 = time.monotonic()
+    tree = Path(tree) if tree is not None else None
+    spill = (tree if tree is not None else Path(fits_path).parent) / f".spill-{name}"
+    try:
+        first = bcast_from_rank0(comm, lambda: _first_pass(
+            predictions, manifest, fits_path, hdf5_path, tree, spill, name, version,
+            config_hash, chunk_rows, block_rows, progress), errors=(OSError, KeyError,
+                                                                    ValueError))
+        t2 = time.monotonic()
+        nfiles, merged = 0, []
+        if tree is not None:
+            nfiles, merged = _write_layout(spill, tree, first["sp_names"], first["sp_sorted"],
+                                           first["file_key"], first["bounds"],
+                                           first["columns"], first["cands"], first["base"],
+                                           name, version, progress if rank == 0 else None,
+                                           rank, size)
+        if comm is not None and size > 1:
+            nfiles = comm.reduce(nfiles, root=0)
+            comm.Barrier()
+        t3 = time.monotonic()
+    finally:
+        if rank == 0:
+            shutil.rmtree(spill, ignore_errors=True)
+    if rank != 0:
+        return None
+    return Summary(first["n"], first["n_missing"], first["n_primary"], nfiles, merged,
+                   {"keys": first["t_keys"], "catalogue": t2 - t0 - first["t_keys"],
+                    "layout": t3 - t2})
+
+
+def _first_pass(predictions: str | Path, manifest: str | Path, fits_path: str | Path,
+                hdf5_path: str | Path, tree: Path | None, spill: Path, name: str,
+                version: str, config_hash: str, chunk_rows: int, block_rows: int,
+                progress: Callable[[str, int, int], None] | None) -> dict[str, Any]:
+    """The keys and the catalogue of every observation (one process), with the rows spilled
+    in output order for the layout pass; returns what that pass needs and the counts."""
     t0 = time.monotonic()
     with h5py.File(predictions, "r") as h:
         attrs = dict(h.attrs)
@@ -420,8 +465,6 @@ def build(predictions: str | Path, manifest: str | Path, fits_path: str | Path,
     shards = read_index(predictions)
     columns = hdu_columns(labels, cands)
     base = provenance(attrs, labels, cands, name, version, config_hash)
-    tree = Path(tree) if tree is not None else None
-    spill = (tree if tree is not None else Path(fits_path).parent) / f".spill-{name}"
     shutil.rmtree(spill, ignore_errors=True)
     spill.mkdir(parents=True)
     reader = PredictionReader(shards, len(cands), len(labels))
@@ -456,33 +499,28 @@ def build(predictions: str | Path, manifest: str | Path, fits_path: str | Path,
                 twin.close(cards)
             reader.close()
             appender.close(cards)
-        del out_pos
-        t2 = time.monotonic()
-        nfiles, merged = 0, []
-        if tree is not None:
-            nfiles, merged = _write_layout(spill, tree, keys.sp_names, sp_sorted, file_key,
-                                           bounds, columns, cands, base, name, version,
-                                           progress)
-        t3 = time.monotonic()
     except BaseException:
         reader.close()
         appender.discard()
         raise
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
-    return Summary(n, n_missing, int(keys.primary.sum()), nfiles, merged,
-                   {"keys": t1 - t0, "catalogue": t2 - t1, "layout": t3 - t2})
+    return {"n": n, "n_missing": n_missing, "n_primary": int(keys.primary.sum()),
+            "sp_names": keys.sp_names, "sp_sorted": sp_sorted, "file_key": file_key,
+            "bounds": bounds, "columns": columns, "cands": cands, "base": base,
+            "t_keys": t1 - t0}
 
 
 def _write_layout(spill: Path, tree: Path, sp_names: list[tuple[str, str]],
                   sp_sorted: np.ndarray, file_key: np.ndarray, bounds: np.ndarray,
                   columns: Columns, cands: Sequence[str], base: Cards, name: str,
-                  version: str, progress: Callable[[str, int, int], None] | None
-                  ) -> tuple[int, list[Path]]:
+                  version: str, progress: Callable[[str, int, int], None] | None,
+                  rank: int = 0, size: int = 1) -> tuple[int, list[Path]]:
     """Second pass: per block, the per-HEALPix files and the rows of the merged catalogue of
     each SURVEY-PROGRAM (written one SURVEY-PROGRAM at a time, in sorted order).
     ``sp_sorted`` (n,) is the SURVEY-PROGRAM code of each row in output order, ``file_key``
-    (n,) its file's key, ``bounds`` the blocks (:func:`plan_blocks`)."""
+    (n,) its file's key, ``bounds`` the blocks (:func:`plan_blocks`). Of ``size`` ranks, this
+    one (``rank``) writes the per-HEALPix files of blocks b with b % size == rank, and rank 0
+    also every block's rows of the merged catalogues (a block never splits a file). Returns
+    this rank's number of HEALPix files and the merged catalogues (rank 0)."""
     n = int(bounds[-1])
     current: tuple[int, FitsAppender] | None = None
     templates: dict[int, HeaderTemplate] = {}
@@ -498,6 +536,9 @@ def _write_layout(spill: Path, tree: Path, sp_names: list[tuple[str, str]],
 
     try:
         for b in range(bounds.size - 1):
+            mine = b % size == rank
+            if not mine and rank != 0:
+                continue
             start, stop = int(bounds[b]), int(bounds[b + 1])
             rows = _read_block(spill, b, start, stop, columns)
             fk = file_key[start:stop]
@@ -513,11 +554,15 @@ def _write_layout(spill: Path, tree: Path, sp_names: list[tuple[str, str]],
                              ("HPXPIXEL", 0, "HEALPix pixel of this file (-1: none)")]
                     templates = {code: HeaderTemplate(columns, file_cards(base, 0, extra),
                                                       cands, spill)}
-                path = layout.healpix_file(tree, name, version, s, p, pixel)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                templates[code].write(path, j - i, {h: fits_row_bytes(part[h]) for h in HDUS},
-                                      {"NSPEC": j - i, "HPXPIXEL": pixel})
-                nfiles += 1
+                if mine:
+                    path = layout.healpix_file(tree, name, version, s, p, pixel)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    templates[code].write(path, j - i,
+                                          {h: fits_row_bytes(part[h]) for h in HDUS},
+                                          {"NSPEC": j - i, "HPXPIXEL": pixel})
+                    nfiles += 1
+                if rank != 0:
+                    continue
                 if current is None or current[0] != code:
                     finish()
                     current = (code, FitsAppender(
