@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -100,7 +101,7 @@ class HeaderTemplate:
 
     def __init__(self, columns: Columns, cards: Cards, candidates: Sequence[str],
                  workdir: str | Path):
-        path = Path(workdir) / f".template-{id(self)}.fits"
+        path = Path(workdir) / f".template-{os.getpid()}-{id(self)}.fits"  # ranks share it
         with fitsio.FITS(str(path), "rw", clobber=True) as f:
             f.write(None)
             write_cards(f[0], [("EXTNAME", "PRIMARY", "provenance of the catalogue"), *cards])
@@ -373,9 +374,10 @@ def _spill(spill: Path, tables: dict[str, np.ndarray], out_pos: np.ndarray,
                 tables[name][sel].tofile(fh)
 
 
-def _read_block(spill: Path, b: int, start: int, stop: int, columns: Columns
-                ) -> dict[str, np.ndarray]:
-    """The rows of block ``b`` (output positions [start, stop)) in output order."""
+def _read_block(spill: Path, b: int, start: int, stop: int, columns: Columns,
+                remove: bool = True) -> dict[str, np.ndarray]:
+    """The rows of block ``b`` (output positions [start, stop)) in output order; its spill
+    files are removed after reading if ``remove`` (only where no other rank reads them)."""
     if stop == start:
         return {}
     p = np.fromfile(spill / f"{b}.pos", np.int64)
@@ -386,8 +388,10 @@ def _read_block(spill: Path, b: int, start: int, stop: int, columns: Columns
     for name in HDUS:
         dt = np.dtype([(c[0], c[1]) for c in columns[name]])
         out[name] = np.fromfile(spill / f"{b}.{name}", dt)[order]
-        (spill / f"{b}.{name}").unlink()
-    (spill / f"{b}.pos").unlink()
+        if remove:
+            (spill / f"{b}.{name}").unlink()
+    if remove:
+        (spill / f"{b}.pos").unlink()
     return out
 
 
@@ -540,7 +544,10 @@ def _write_layout(spill: Path, tree: Path, sp_names: list[tuple[str, str]],
             if not mine and rank != 0:
                 continue
             start, stop = int(bounds[b]), int(bounds[b + 1])
-            rows = _read_block(spill, b, start, stop, columns)
+            # rank 0 reads every block (merged catalogues), another rank its own: a block is
+            # removed by its last reader only when that is certain (one rank, or rank 0's own)
+            rows = _read_block(spill, b, start, stop, columns, remove=size == 1 or
+                               (rank == 0 and mine))
             fk = file_key[start:stop]
             runs = np.concatenate([[0], np.flatnonzero(fk[1:] != fk[:-1]) + 1, [fk.size]])
             for i, j in zip(runs[:-1], runs[1:], strict=True):
