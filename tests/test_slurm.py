@@ -188,8 +188,8 @@ def _job_counts(text: str) -> dict[str, int]:
 def test_whole_pipeline_under_slurm_then_rule_level_rerun(slurm_cluster, repo, tmp_path,
                                                           tool_env, shared_data):
     """mock -> VAC + report as SLURM jobs (MPI preprocessing, DDP pretraining and fine-tuning,
-    sharded inference, each with 2 ranks under srun); then --forcerun of one fine-tuned checkpoint recomputes only
-    that fine-tune and what depends on it."""
+    sharded inference, the VAC, each with 2 ranks under srun); then --forcerun of one
+    fine-tuned checkpoint recomputes only that fine-tune and what depends on it."""
     import yaml
 
     from specbridge.vac.catalogue import read_fits_tables
