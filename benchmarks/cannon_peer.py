@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--out", type=Path, required=True)
     f = sub.add_parser("fit", help="train and test The Cannon (its own NumPy < 2 environment)")
     f.add_argument("--data", type=Path, required=True)
-    f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--threads", type=int, default=1,
+                   help="thecannon's worker processes (its pool hung with 2 here; 1 is safe)")
     s = sub.add_parser("score", help="the table against the candidates (main environment)")
     s.add_argument("--results", type=Path, required=True)
     s.add_argument("--data", type=Path, required=True)
