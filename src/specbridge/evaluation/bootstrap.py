@@ -25,7 +25,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from specbridge.evaluation.metrics import median_rows, robust_sigma, robust_sigma_axis
+from specbridge.evaluation.metrics import (
+    median_rows,
+    robust_sigma,
+    robust_sigma_axis,
+    total_error,
+)
 
 VERDICTS = ("yes", "no", "not significant")
 BETTER = ("lower", "higher", "closer_to_zero")
@@ -69,8 +74,13 @@ def _mean(x: np.ndarray) -> float:
 
 
 # name: (the statistic on one sample, the same along an axis of a NaN-padded matrix)
+def _total_axis(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.hypot(_median_axis(x, axis), robust_sigma_axis(x, axis=axis))
+
+
 VECTORISED: dict[str, tuple[Callable[[np.ndarray], float], Callable[..., np.ndarray]]] = {
     "robust_sigma": (robust_sigma, robust_sigma_axis),
+    "total_error": (total_error, _total_axis),
     "median": (_median, _median_axis),
     "bias": (_median, _median_axis),  # bias of residuals pred - ref: their median
     "mean": (_mean, _mean_axis),

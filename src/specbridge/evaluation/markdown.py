@@ -9,7 +9,8 @@ ANSWER_COLUMNS = ("label", "unit", "zeroshot", "zeroshot_test_sigma", "finetuned
                   "finetuning_beats_zeroshot", "routed_test_sigma", "best_on_test",
                   "best_on_test_sigma", "routed_minus_best_single",
                   "routing_beats_every_single")
-SELECTION_SHOWN = ("label", "regime", "candidate", "val_robust_sigma", "val_n", "basis",
+SELECTION_SHOWN = ("label", "regime", "candidate", "val_robust_sigma", "val_bias",
+                   "val_total_error", "val_n", "basis",
                    "overall", "regime_best", "regime_best_minus_overall", "verdict")
 
 

@@ -37,6 +37,17 @@ def robust_sigma(dy: np.ndarray, iterations: int = 10, c: float = 6.0) -> float:
     return float(s)
 
 
+def total_error(dy: np.ndarray) -> float:
+    """sqrt(bias^2 + robust_sigma^2) of residuals dy (1-D; bias their median): the typical
+    error including the offset, which the selection ranks candidates by (a candidate with a
+    small scatter about a large offset is not a good one). NaN without finite values."""
+    dy = np.asarray(dy, np.float64)
+    dy = dy[np.isfinite(dy)]
+    if dy.size == 0:
+        return float("nan")
+    return float(np.hypot(np.median(dy), robust_sigma(dy)))
+
+
 def robust_sigma_axis(dy: np.ndarray, axis: int = -1, iterations: int = 10, c: float = 6.0,
                       chunk: int = 1 << 20) -> np.ndarray:
     """:func:`robust_sigma` of every 1-D lane of ``dy`` along ``axis``, vectorised with numpy:

@@ -1,5 +1,6 @@
 """The per-regime selection table: for each label, the candidate with the lowest validation
-robust sigma over all validation stars is the default for both regimes; a regime-specific
+total error (sqrt(bias^2 + robust sigma^2): a small scatter about a large offset is not a good
+answer) over all validation stars is the default for both regimes; a regime-specific
 candidate replaces it only where it is better on that regime's validation stars beyond the
 paired bootstrap interval (a one-standard-error rule at the configured level), and only in a
 regime with at least ``min_n`` validation stars. Regimes are those of the metrics rows with
@@ -15,18 +16,27 @@ from astropy.table import Table
 
 from specbridge.inference.routing import REGIMES
 
-SELECTION_COLUMNS = ("label", "regime", "candidate", "val_robust_sigma", "val_n", "basis",
+SELECTION_COLUMNS = ("label", "regime", "candidate", "val_robust_sigma", "val_bias",
+                     "val_total_error", "val_n", "basis",
                      "overall", "regime_best", "regime_best_minus_overall",
                      "regime_best_minus_overall_lo", "regime_best_minus_overall_hi",
                      "verdict")
 
 
+def _total(rows: Table, cand: str | None) -> float:
+    """The total error sqrt(bias^2 + robust_sigma^2) of ``cand`` in ``rows`` (NaN: none)."""
+    r = rows[rows["candidate"] == cand] if cand else rows[:0]
+    if not len(r):
+        return float("nan")
+    return float(np.hypot(r["bias"][0], r["robust_sigma"][0]))
+
+
 def _best(rows: Table, candidates: Sequence[str]) -> tuple[str | None, float, int]:
     best, best_s, best_n = None, np.inf, 0
     for c in candidates:  # ties go to the earlier candidate
-        r = rows[rows["candidate"] == c]
-        if len(r) and np.isfinite(r["robust_sigma"][0]) and r["robust_sigma"][0] < best_s:
-            best, best_s, best_n = c, float(r["robust_sigma"][0]), int(r["n"][0])
+        t = _total(rows, c)
+        if np.isfinite(t) and t < best_s:
+            best, best_s, best_n = c, t, int(_of(rows, c, "n", 0))
     return best, best_s, best_n
 
 
@@ -51,21 +61,23 @@ def select(metrics: Table, labels: Sequence[str], candidates: Sequence[str],
     """Selection table (one row per label x regime, :data:`SELECTION_COLUMNS`) from the rows
     of ``metrics`` with split 'val' and snr_bin 'all'; meta 'regime_basis' says which regimes.
 
-    ``overall``: the candidate with the lowest robust sigma on all validation stars (ties to
-    the earlier candidate); ``regime_best``: the lowest in the regime. ``paired(label,
-    regime, a, b)`` gives the :class:`~specbridge.evaluation.bootstrap.PairedDifference` of
-    robust sigma of a against b on the regime's validation stars: the regime's candidate is
+    ``overall``: the candidate with the lowest total error (sqrt(bias^2 + robust_sigma^2),
+    from the rows' ``bias`` and ``robust_sigma``) on all validation stars (ties to the earlier
+    candidate); ``regime_best``: the lowest in the regime. ``paired(label, regime, a, b)``
+    gives the :class:`~specbridge.evaluation.bootstrap.PairedDifference` of total error of a
+    against b on the regime's validation stars: the regime's candidate is
     ``regime_best`` (basis 'regime') where its verdict against ``overall`` is "yes", else
     ``overall`` (basis 'all'). Without ``paired`` every lower robust sigma counts: the regime
     best serves (basis 'regime'). A regime with fewer than ``min_n`` validation stars (the
     most any candidate has there), or none, gets ``overall`` (basis 'all'); without any
     candidate with stars, the first candidate (basis 'default').
-    ``val_robust_sigma``, ``val_n``: the chosen candidate's in the regime."""
+    ``val_robust_sigma``, ``val_bias``, ``val_total_error``, ``val_n``: the chosen
+    candidate's in the regime."""
     val = metrics[(metrics["split"] == "val") & (metrics["snr_bin"] == "all")]
     per_regime, used = regime_rows(val, basis)
     out = Table(names=SELECTION_COLUMNS,
-                dtype=("U16", "U16", "U32", "f8", "i8", "U16", "U32", "U32", "f8", "f8",
-                       "f8", "U16"))
+                dtype=("U16", "U16", "U32", "f8", "f8", "f8", "i8", "U16", "U32", "U32", "f8",
+                       "f8", "f8", "U16"))
     out.meta["regime_basis"] = used
     nan = float("nan")
     for lab in labels:
@@ -79,8 +91,7 @@ def select(metrics: Table, labels: Sequence[str], candidates: Sequence[str],
             if best is not None and n_reg >= min_n and n_reg > 0:
                 if paired is None:
                     chosen, how = best, "regime"
-                    diff = (float(_of(rows, best, "robust_sigma", nan)
-                                  - _of(rows, overall, "robust_sigma", nan)), nan, nan,
+                    diff = (_total(rows, best) - _total(rows, overall), nan, nan,
                             "yes" if best != overall else "not significant")
                 elif best == overall:
                     chosen, how = overall, "all"
@@ -93,6 +104,7 @@ def select(metrics: Table, labels: Sequence[str], candidates: Sequence[str],
             else:
                 chosen, how = candidates[0], "default"
             out.add_row((lab, regime, chosen, float(_of(rows, chosen, "robust_sigma", nan)),
+                         float(_of(rows, chosen, "bias", nan)), _total(rows, chosen),
                          int(_of(rows, chosen, "n", 0)), how, overall or "", best or "",
                          *map(float, diff[:3]), diff[3]))
     return out

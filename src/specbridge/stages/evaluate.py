@@ -129,15 +129,16 @@ def star_keys(data: dict[str, np.ndarray]) -> np.ndarray:
 
 def choose_router(data: dict[str, np.ndarray], labels: list[str], names: list[str],
                   setting: str) -> str:
-    """``setting`` itself, or for 'auto' the candidate with the lowest validation robust
-    sigma in [Fe/H] over all validation stars (ties to the earlier candidate)."""
-    from specbridge.evaluation.metrics import robust_sigma
+    """``setting`` itself, or for 'auto' the candidate with the lowest validation total error
+    (sqrt(bias^2 + robust sigma^2)) in [Fe/H] over all validation stars (ties to the earlier
+    candidate)."""
+    from specbridge.evaluation.metrics import total_error
 
     if setting != "auto":
         return setting
     ife = labels.index("feh")
     val = data["split"] == 1
-    sig = {n: robust_sigma(data[f"{n}/value"][val, ife] - data["ref"][val, ife])
+    sig = {n: total_error(data[f"{n}/value"][val, ife] - data["ref"][val, ife])
            for n in names}
     ok = [n for n in names if np.isfinite(sig[n])]
     if not ok:
@@ -187,7 +188,7 @@ def tabulate(data: dict[str, np.ndarray], labels: list[str], names: list[str],
                             labels, thr, ev["snr_bins"], groups=groups, boot=boot,
                             router_regime=regime, reference=reference)
 
-    def paired_on(split_code, regime=None):
+    def paired_on(split_code, regime=None, stat="robust_sigma"):
         def paired(lab, *args):
             a, b = args[-2:]
             m = data["split"] == split_code
@@ -195,7 +196,7 @@ def tabulate(data: dict[str, np.ndarray], labels: list[str], names: list[str],
                 m = m & (regime == {"metal_poor": 0, "metal_rich": 1}[args[0]])
             i = labels.index(lab)
             ref = data["ref"][m, i]
-            return paired_difference("robust_sigma", data[f"{a}/value"][m, i] - ref,
+            return paired_difference(stat, data[f"{a}/value"][m, i] - ref,
                                      data[f"{b}/value"][m, i] - ref, groups=groups[m],
                                      n_boot=boot["n_boot"], level=boot["level"],
                                      seed=boot["seed"])
@@ -206,7 +207,8 @@ def tabulate(data: dict[str, np.ndarray], labels: list[str], names: list[str],
         for name in names:
             rows += rows_for(name, regime, reference=False)
         sel = select(metrics_table(reference_rows + rows), labels, names,
-                     paired=paired_on(1, regime), min_n=ev["min_regime_stars"])
+                     paired=paired_on(1, regime, "total_error"),
+                     min_n=ev["min_regime_stars"])
         return sel, rows
 
     reference_rows = []
