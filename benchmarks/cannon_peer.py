@@ -18,7 +18,9 @@ done in three steps (the middle one in that environment; it imports NumPy and th
 
   python benchmarks/cannon_peer.py export --results results --out /tmp/cannon
   python3 -m venv /tmp/cannon-env && /tmp/cannon-env/bin/pip install "numpy<2" annieslasso
-  /tmp/cannon-env/bin/python benchmarks/cannon_peer.py fit --data /tmp/cannon
+  /tmp/cannon-env/bin/python benchmarks/cannon_peer.py fit --data /tmp/cannon \
+      --models zeroshot & /tmp/cannon-env/bin/python benchmarks/cannon_peer.py fit \
+      --data /tmp/cannon --models finetuned; wait
   python benchmarks/cannon_peer.py score --results results --data /tmp/cannon \
       --markdown /tmp/cannon/answers.md
 """
@@ -89,10 +91,11 @@ def export(results: Path, out: Path) -> None:
     print(f"desi_eval: {found.sum()} of {specid.size} evaluation spectra")
 
 
-def fit(data: Path, threads: int = 1) -> None:
-    """Train both Cannon models and test them on the evaluation spectra; writes cannon.npz
-    (zeroshot_value, zeroshot_error, finetuned_value, finetuned_error: (n_eval, 4)), with
-    the fit times."""
+def fit(data: Path, threads: int = 1, which: tuple[str, ...] = ("zeroshot", "finetuned")
+        ) -> None:
+    """Train the Cannon models ``which`` and test them on the evaluation spectra; writes
+    cannon_<key>.npz per model (<key>_value, <key>_error: (n_eval, 4), <key>_times). Two
+    processes, one per model, use both cores (thecannon's own pool hung here)."""
     import contextlib
     import io
     import logging
@@ -101,8 +104,10 @@ def fit(data: Path, threads: int = 1) -> None:
 
     logging.getLogger("thecannon").setLevel(logging.WARNING)
     ev = np.load(data / "desi_eval.npz")
-    out: dict[str, np.ndarray] = {}
     for key, train in (("zeroshot", "lamost_train"), ("finetuned", "desi_train")):
+        if key not in which:
+            continue
+        out: dict[str, np.ndarray] = {}
         t = np.load(data / f"{train}.npz")
         ok = np.isfinite(t["labels"]).all(1) & (t["ivar"] > 0).any(1)
         vec = tc.vectorizer.PolynomialVectorizer(tuple(LABELS), 2)
@@ -126,7 +131,7 @@ def fit(data: Path, threads: int = 1) -> None:
         out[f"{key}_times"] = np.array([ok.sum(), t_train, ev["flux"].shape[0], t_test])
         print(f"{key}: trained on {ok.sum()} spectra in {t_train:.1f} s, tested "
               f"{ev['flux'].shape[0]} in {t_test:.1f} s", flush=True)
-    np.savez(data / "cannon.npz", **out)
+        np.savez(data / f"cannon_{key}.npz", **out)
 
 
 def score(results: Path, data: Path, markdown: Path | None, level: float = 0.95,
@@ -146,9 +151,9 @@ def score(results: Path, data: Path, markdown: Path | None, level: float = 0.95,
         names = [n for n in h.keys() if isinstance(h[n], h5py.Group)]
         pred = {n: (h[n]["value"][()], h[n]["error"][()]) for n in names
                 if "value" in h[n] and "error" in h[n]}
-    c = np.load(data / "cannon.npz")
-    pred["cannon_zeroshot"] = (c["zeroshot_value"], c["zeroshot_error"])
-    pred["cannon_finetuned"] = (c["finetuned_value"], c["finetuned_error"])
+    for key in ("zeroshot", "finetuned"):
+        c = np.load(data / f"cannon_{key}.npz")
+        pred[f"cannon_{key}"] = (c[f"{key}_value"], c[f"{key}_error"])
     test = split == 2
     kw = {"n_boot": n_boot, "level": level, "seed": 0}
 
@@ -208,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--out", type=Path, required=True)
     f = sub.add_parser("fit", help="train and test The Cannon (its own NumPy < 2 environment)")
     f.add_argument("--data", type=Path, required=True)
+    f.add_argument("--models", nargs="+", choices=("zeroshot", "finetuned"),
+                   default=["zeroshot", "finetuned"],
+                   help="which Cannon models (run one per process to use two cores)")
     f.add_argument("--threads", type=int, default=1,
                    help="thecannon's worker processes (its pool hung with 2 here; 1 is safe)")
     s = sub.add_parser("score", help="the table against the candidates (main environment)")
@@ -218,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.step == "export":
         export(a.results, a.out)
     elif a.step == "fit":
-        fit(a.data, a.threads)
+        fit(a.data, a.threads, tuple(a.models))
     else:
         print(score(a.results, a.data, a.markdown))
     return 0
