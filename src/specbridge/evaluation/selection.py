@@ -24,11 +24,13 @@ SELECTION_COLUMNS = ("label", "regime", "candidate", "val_robust_sigma", "val_bi
 
 
 def _total(rows: Table, cand: str | None) -> float:
-    """The total error sqrt(bias^2 + robust_sigma^2) of ``cand`` in ``rows`` (NaN: none)."""
+    """The total error sqrt(bias^2 + robust_sigma^2) of ``cand`` in ``rows`` (NaN: none; the
+    robust sigma alone for a table without a bias column)."""
     r = rows[rows["candidate"] == cand] if cand else rows[:0]
     if not len(r):
         return float("nan")
-    return float(np.hypot(r["bias"][0], r["robust_sigma"][0]))
+    bias = r["bias"][0] if "bias" in rows.colnames else 0.0
+    return float(np.hypot(bias, r["robust_sigma"][0]))
 
 
 def _best(rows: Table, candidates: Sequence[str]) -> tuple[str | None, float, int]:
@@ -104,7 +106,8 @@ def select(metrics: Table, labels: Sequence[str], candidates: Sequence[str],
             else:
                 chosen, how = candidates[0], "default"
             out.add_row((lab, regime, chosen, float(_of(rows, chosen, "robust_sigma", nan)),
-                         float(_of(rows, chosen, "bias", nan)), _total(rows, chosen),
+                         float(_of(rows, chosen, "bias", nan) if "bias" in rows.colnames
+                               else nan), _total(rows, chosen),
                          int(_of(rows, chosen, "n", 0)), how, overall or "", best or "",
                          *map(float, diff[:3]), diff[3]))
     return out
