@@ -174,8 +174,8 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
                      int(routing.get("router_passes", 1)))
     fl = d["flags"].astype(np.int64)
     ood = routing.get("ood") or {}
-    score = _ood_scores(shard, d["specid"].shape[0])
-    dist = _ood_scores(shard, d["specid"].shape[0], "ood_distance")
+    score = embedding_shard_scores(shard, d["specid"].shape[0])
+    dist = embedding_shard_scores(shard, d["specid"].shape[0], "ood_distance")
     fl |= ood_flags(score, ood.get("threshold"), r.value, r.error, _support(cands),
                     _others(preds, names, r.served, cands), float(ood.get("z_max", 5.0)),
                     dist, ood.get("distance_threshold"))
@@ -204,7 +204,8 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
     return arrays, counts
 
 
-def _ood_scores(shard: Mapping[str, Any], n: int, key: str = "ood_score") -> np.ndarray:
+def embedding_shard_scores(shard: Mapping[str, Any], n: int, key: str = "ood_score"
+                           ) -> np.ndarray:
     """(n,) out-of-domain scores (``key`` 'ood_score', or 'ood_distance') of the shard's rows
     from its embedding shard (NaN without one, or for one written before they were stored)."""
     import h5py

@@ -27,7 +27,7 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
     specid, split, snr, ref, ref_err, ood_score and ood_distance (the embedding shard's; NaN
     without one), and '<candidate>/value', '<candidate>/error'."""
     from specbridge import flags
-    from specbridge.inference.predict import predict_all, read_inputs
+    from specbridge.inference.predict import embedding_shard_scores, predict_all, read_inputs
     from specbridge.labels import index
     from specbridge.progress import Progress
     from specbridge.splits import TRAIN, assign_split
@@ -42,12 +42,13 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
         split = assign_split(d["star"], ft["val_fraction"], ft["test_fraction"])
         ref = d["labels"][:, cols]
         keep = ((d["flags"] & bad) == 0) & np.isfinite(ref).any(1) & (split != TRAIN)
+        n_rows = keep.size
         sub = {key: v[keep] for key, v in d.items()}
         preds = predict_all(cands, sub, batch_size)
         got = {"specid": sub["specid"], "split": split[keep], "snr": sub["snr"],
                "ref": ref[keep], "ref_err": d["label_errors"][keep][:, cols],
-               "ood_score": _ood_scores(s, keep),
-               "ood_distance": _ood_scores(s, keep, "ood_distance")}
+               "ood_score": embedding_shard_scores(s, n_rows)[keep],
+               "ood_distance": embedding_shard_scores(s, n_rows, "ood_distance")[keep]}
         if "star" in sub:  # the per-star key, where the shards carry one
             got["star"] = sub["star"]
         for name, (v, e) in preds.items():
@@ -56,21 +57,6 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
             parts.setdefault(key, []).append(v)
         progress(k + 1, len(shards))
     return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def _ood_scores(shard: dict[str, Any], keep: np.ndarray, key: str = "ood_score"
-                ) -> np.ndarray:
-    """(keep.sum(),) the out-of-domain scores (``key``: 'ood_score' or 'ood_distance') of
-    the kept rows from the shard's embedding shard; NaN where it has none."""
-    from specbridge.io.shards import read_shard
-
-    path = shard.get("emb_path")
-    if path:
-        try:
-            return read_shard(path, (key,))[key][keep].astype(np.float64)
-        except KeyError:  # embedding shards written without scores (embed --no-ood-scores)
-            pass
-    return np.full(int(keep.sum()), np.nan)
 
 
 def ood_domain_threshold(data: dict[str, np.ndarray], percentile: float
