@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", type=int, default=4, help="candidates (at most 8)")
     ap.add_argument("--config", default="config.yaml", help="config (its vac section)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--ranks", type=int, default=1,
+                    help="MPI ranks (mpiexec -n RANKS); peak memory is reported per rank")
     ap.add_argument("--no-tree", action="store_true",
                     help="the catalogue of every observation and its HDF5 twin only (no "
                          "per-HEALPix files nor SURVEY-PROGRAM catalogues)")
@@ -171,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     t_fab = time.monotonic() - t0
     inputs = sum(p.stat().st_size for p in args.workdir.rglob("*") if p.is_file())
     out = args.workdir / "vac"
-    cmd = ["/usr/bin/time", "-f", "peak %M kB cpu %U %S s", "specbridge", "vac", "--config",
+    launcher = ["mpiexec", "-n", str(args.ranks)] if args.ranks > 1 else []
+    cmd = [*launcher, "/usr/bin/time", "-f", "peak %M kB cpu %U %S s", "specbridge", "vac",
+           "--config",
            args.config, "--predictions", str(pred), "--manifest", str(manifest), "--fits",
            str(out / "vac-v1.fits"), "--hdf5", str(out / "vac-v1.h5")]
     if not args.no_tree:
@@ -182,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     if r.returncode:
         print(r.stderr[-3000:])
         return 1
-    usage = re.search(r"peak (\d+) kB cpu ([\d.]+) ([\d.]+) s", r.stderr)
-    peak_mb, cpu = int(usage[1]) / 1024, float(usage[2]) + float(usage[3])
+    usage = re.findall(r"peak (\d+) kB cpu ([\d.]+) ([\d.]+) s", r.stderr)
+    peaks = [int(u[0]) / 1024 for u in usage]
+    peak_mb, cpu = max(peaks), sum(float(u[1]) + float(u[2]) for u in usage)
     for line in r.stderr.splitlines():
         if "rows (one per" in line:
             print("vac log:", line.split("] ", 1)[-1].split(": ", 1)[-1])
@@ -192,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"N = {args.n:,} rows, {args.candidates} candidates: fabricated in {t_fab:.0f} s "
           f"({inputs / 1e9:.2f} GB of inputs)")
     print(f"vac: {wall:.1f} s wall ({args.n / wall:,.0f} rows/s), {cpu:.1f} s CPU "
-          f"({args.n / cpu:,.0f} rows per CPU-second), peak RSS {peak_mb:,.0f} MB; "
+          f"({args.n / cpu:,.0f} rows per CPU-second), peak RSS {peak_mb:,.0f} MB "
+          f"(per rank: {', '.join(f'{p:,.0f}' for p in peaks)}); "
           f"{len(files):,} files, {size / 1e9:.2f} GB ({size / args.n:.0f} bytes/row)")
     if not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)

@@ -26,11 +26,40 @@ def test_score_threshold_interpolates_the_stored_quantiles():
 
 def test_label_support_and_outside():
     train = np.array([[4000.0, 1.0], [6000.0, 4.5], [5000.0, np.nan]])
-    sup = label_support(train)
+    sup = label_support(train)  # too few stars for the joint check: the range only
     assert sup == {"lo": [4000.0, 1.0], "hi": [6000.0, 4.5]}
     pred = np.array([[5000, 2.0], [3500, 2.0], [5000, 4.6], [np.nan, 3.0]])
     assert outside_support(pred, sup).tolist() == [False, True, True, False]
     assert not outside_support(pred, None).any()
+
+
+def _kiel_diagram(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 3) Teff (K), log g, [Fe/H] of a toy population: a giant branch from (5000 K, 3.5)
+    to (4000 K, 1.0) and a main sequence from (6500 K, 4.1) to (4000 K, 4.7); no star
+    between them at 4,000-4,500 K and log g 2.5-4.2."""
+    giant = rng.random(n) < 0.5
+    t = rng.random(n)
+    teff = np.where(giant, 5000 - 1000 * t, 6500 - 2500 * t) + rng.normal(0, 40, n)
+    logg = np.where(giant, 3.5 - 2.5 * t, 4.1 + 0.6 * t) + rng.normal(0, 0.08, n)
+    return np.column_stack([teff, logg, rng.normal(-0.3, 0.3, n)])
+
+
+def test_the_joint_label_check_flags_the_gap_of_the_kiel_diagram():
+    rng = np.random.default_rng(3)
+    sup = label_support(_kiel_diagram(4000, rng), joint=(0, 1), percentile=99.0, k=10)
+    assert sup["joint"] == [0, 1] and len(sup["points"]) == 4000
+    # about 1 % of new stars from the same population are beyond the threshold
+    fresh = outside_support(_kiel_diagram(20000, rng), sup).mean()
+    assert 0.003 < fresh < 0.03
+    # inside every label's range, but where no star lies: cool "subgiants" at
+    # 4,000-4,400 K and log g 3.0-3.6 (the M-dwarf failure) are all flagged
+    gap = np.column_stack([rng.uniform(4000, 4400, 200), rng.uniform(3.0, 3.6, 200),
+                           np.full(200, -0.3)])
+    assert not ((gap < sup["lo"]) | (gap > sup["hi"])).any()
+    assert outside_support(gap, sup).all()
+    # [Fe/H] is not part of the joint check; a row without log g is not judged by it
+    assert not outside_support(np.array([[4200.0, 1.5, -1.0], [4200.0, np.nan, 0.0]]),
+                               sup).any()
 
 
 def test_disagreement_needs_most_candidates_beyond_their_combined_errors():

@@ -60,8 +60,9 @@ FLAG_BITS: tuple[FlagBit, ...] = (
             "spectra's: DESI validation stars, held-out LAMOST spectra; config "
             "inference.ood)"),
     FlagBit("OOD_LABELS", 27, False, "out of domain in label space: a served label lies outside "
-            "the training labels' range, or the fine-tuned candidates disagree with it beyond "
-            "their combined errors"),
+            "the training labels' range, or the served labels together lie far from every "
+            "training star's (beyond the training labels' own nearest-neighbour distances), or "
+            "the fine-tuned candidates disagree with it beyond their combined errors"),
 )
 
 BY_NAME: dict[str, FlagBit] = {f.name: f for f in FLAG_BITS}

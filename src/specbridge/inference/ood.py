@@ -16,10 +16,12 @@ wrongly, so every catalogued spectrum is checked twice.
   cannot predict, the distance one it reconstructs well but places where no training star
   lies (M dwarfs). Each flags about 100 - ``percentile`` % of in-domain spectra, so together
   at most twice that.
-* Label space (``OOD_LABELS``): a served label outside the support of the training labels (the
-  range of the LAMOST labels the candidates were pretrained on), or the fine-tuned candidates
-  disagreeing with the served value beyond ``z_max`` times their combined errors (most of them,
-  on some label).
+* Label space (``OOD_LABELS``): served labels outside the support of the training labels (the
+  LAMOST labels the candidates were pretrained on): a label outside their range, or the set
+  of labels far from every training star's in the joint space (:func:`label_distance`: a
+  combination the training set does not hold, such as a cool dwarf's Teff with a subgiant's
+  log g); or the fine-tuned candidates disagreeing with the served value beyond ``z_max``
+  times their combined errors (most of them, on some label).
 """
 
 from __future__ import annotations
@@ -92,20 +94,85 @@ def density_distance(emb: np.ndarray, density: Mapping[str, Any] | None) -> np.n
     return out
 
 
-def label_support(labels: np.ndarray) -> dict[str, list[float]]:
-    """{'lo', 'hi'}: per label (n_labels,) the smallest and largest finite training label
-    (physical units) of ``labels`` (n, n_labels)."""
-    return {"lo": np.nanmin(labels, axis=0).tolist(), "hi": np.nanmax(labels, axis=0).tolist()}
+def label_support(labels: np.ndarray, joint: Sequence[int] = (0, 1),
+                  percentile: float = 99.0, k: int = 10, max_points: int = 5000,
+                  seed: int = 0) -> dict[str, Any]:
+    """The training labels' support, from ``labels`` (n, n_labels) in physical units:
+
+    * ``lo``, ``hi`` (n_labels,): the smallest and largest finite label (the range);
+    * ``joint``: the columns of the joint check (by default Teff and log g, the Kiel
+      diagram, where stellar evolution leaves regions empty); ``center``, ``scale``
+      (len(joint),): their median and robust spread (1.4826 MAD), which standardise them;
+    * ``points`` (m, len(joint)): the standardised training labels (complete rows; at most
+      ``max_points``, a random subset drawn with ``seed``), ``k``, and ``threshold``: the
+      ``percentile`` (0-100) of each point's distance to its ``k``-th nearest other point.
+
+    A served label set farther than ``threshold`` from its ``k``-th nearest training label
+    set lies where the training labels have (almost) no stars, even if every label is
+    inside its range: a cool dwarf given a subgiant's gravity, say (:func:`label_distance`).
+    The threshold comes from the training labels alone, so it flags about
+    100 - ``percentile`` % of training stars and fewer of in-domain predictions (which
+    regress towards dense regions)."""
+    from scipy.spatial import cKDTree
+
+    lab = np.asarray(labels, np.float64)
+    out: dict[str, Any] = {"lo": np.nanmin(lab, axis=0).tolist(),
+                           "hi": np.nanmax(lab, axis=0).tolist()}
+    joint = [int(j) for j in joint]
+    if not joint:
+        return out
+    full = lab[:, joint]
+    full = full[np.isfinite(full).all(1)]
+    if len(full) <= k:
+        return out
+    center = np.median(full, axis=0)
+    scale = 1.4826 * np.median(np.abs(full - center), axis=0)
+    scale = np.where(scale > 0, scale, np.where(full.std(0) > 0, full.std(0), 1.0))
+    if len(full) > max_points:
+        full = full[np.sort(np.random.default_rng(seed).choice(len(full), max_points,
+                                                                replace=False))]
+    pts = ((full - center) / scale).astype(np.float32)
+    d, _ = cKDTree(pts).query(pts, k=k + 1)
+    out.update({"joint": joint, "center": center.tolist(), "scale": scale.tolist(),
+                "points": pts.tolist(),
+                "k": int(k), "percentile": float(percentile),
+                "threshold": float(np.percentile(d[:, k], percentile))})
+    return out
 
 
-def outside_support(value: np.ndarray, support: Mapping[str, Sequence[float]] | None
-                    ) -> np.ndarray:
-    """(n,) bool: some finite label of ``value`` (n, n_labels) outside [lo, hi]."""
+def label_distance(value: np.ndarray, support: Mapping[str, Any] | None) -> np.ndarray:
+    """(n,) distance, in standardised label units, from each row of ``value`` (n, n_labels;
+    physical units) to its ``k``-th nearest training label set in ``support``
+    (:func:`label_support`, over its ``joint`` columns); NaN for a row with a non-finite
+    label there or without the points."""
+    value = np.asarray(value, np.float64)
+    out = np.full(value.shape[0], np.nan)
+    if not support or not support.get("points"):
+        return out
+    value = value[:, [int(j) for j in support["joint"]]]
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(support["points"], np.float64)
+    ok = np.isfinite(value).all(1)
+    if ok.any():
+        z = (value[ok] - np.asarray(support["center"])) / np.asarray(support["scale"])
+        d, _ = cKDTree(pts).query(z, k=int(support["k"]))
+        out[ok] = d[:, -1] if d.ndim == 2 else d
+    return out
+
+
+def outside_support(value: np.ndarray, support: Mapping[str, Any] | None) -> np.ndarray:
+    """(n,) bool: some finite label of ``value`` (n, n_labels) outside [lo, hi], or the row
+    farther than the support's ``threshold`` from the training labels
+    (:func:`label_distance`; skipped for a support without points)."""
     if not support:
         return np.zeros(value.shape[0], bool)
     lo, hi = np.asarray(support["lo"]), np.asarray(support["hi"])
     with np.errstate(invalid="ignore"):
-        return ((value < lo) | (value > hi)).any(axis=1)
+        out = ((value < lo) | (value > hi)).any(axis=1)
+        if support.get("threshold") is not None:
+            out |= label_distance(value, support) > float(support["threshold"])
+    return out
 
 
 def disagreeing(value: np.ndarray, error: np.ndarray,

@@ -123,7 +123,6 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
     (``emb_mlp``); rank 0 reports the validation robust sigma and writes the checkpoint."""
     import torch
 
-    from specbridge.inference.ood import label_support
     from specbridge.models.checkpoint import build_model, mlp_arch
     from specbridge.training.loop import LoopSettings, train
     from specbridge.training.supervised import mean_nll, nll_loss_sum, predict_split
@@ -161,10 +160,21 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
     if env.is_main:
         sig, spread = _report_mlp(net, val_set, mean, std, labels, device, seed)
         meta = {"labels": labels, "label_mean": mean, "label_std": std,
-                "label_support": label_support(train_set.labels),
+                "label_support": _label_support(cfg, train_set.labels),
                 "history": state.history, "val_robust_sigma": sig, "val_label_spread": spread,
                 "best_epoch": state.best_epoch, "n_excluded_holdout": n_held}
         _write(outputs["checkpoint"], model, arch, net, meta, cfg, state.best_epoch)
+
+
+def _label_support(cfg: Mapping[str, Any], labels: np.ndarray) -> dict[str, Any]:
+    """The training labels' support (:func:`specbridge.inference.ood.label_support`) for
+    ``labels`` (n, n_labels) in the order of ``cfg['labels']``, its joint check over the
+    configured ``inference.ood.label_space`` labels present."""
+    from specbridge.inference.ood import label_support
+
+    ood, names = cfg["inference"]["ood"], list(cfg["labels"])
+    joint = [names.index(n) for n in ood["label_space"] if n in names]
+    return label_support(labels, joint, ood["percentile"], ood["label_k"], seed=cfg["seed"])
 
 
 def _report_mlp(net: nn.Module, val_set: LabelledShards, mean: np.ndarray, std: np.ndarray,
