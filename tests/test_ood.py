@@ -9,6 +9,7 @@ from specbridge import flags
 from specbridge.inference.ood import (
     disagreeing,
     label_support,
+    label_threshold,
     ood_flags,
     outside_support,
     score_threshold,
@@ -46,11 +47,13 @@ def _kiel_diagram(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def test_the_joint_label_check_flags_the_gap_of_the_kiel_diagram():
     rng = np.random.default_rng(3)
-    sup = label_support(_kiel_diagram(4000, rng), joint=(0, 1), percentile=99.0, k=10)
+    sup = label_support(_kiel_diagram(4000, rng), joint=(0, 1), k=10)
     assert sup["joint"] == [0, 1] and len(sup["points"]) == 4000
+    assert label_threshold(sup, 99.0) > label_threshold(sup, 90.0) > 0
     # about 1 % of new stars from the same population are beyond the threshold
-    fresh = outside_support(_kiel_diagram(20000, rng), sup).mean()
+    fresh = outside_support(_kiel_diagram(20000, rng), sup, 99.0).mean()
     assert 0.003 < fresh < 0.03
+    assert outside_support(_kiel_diagram(20000, rng), sup, 90.0).mean() > 5 * fresh
     # inside every label's range, but where no star lies: cool "subgiants" at
     # 4,000-4,400 K and log g 3.0-3.6 (the M-dwarf failure) are all flagged
     gap = np.column_stack([rng.uniform(4000, 4400, 200), rng.uniform(3.0, 3.6, 200),

@@ -94,9 +94,8 @@ def density_distance(emb: np.ndarray, density: Mapping[str, Any] | None) -> np.n
     return out
 
 
-def label_support(labels: np.ndarray, joint: Sequence[int] = (0, 1),
-                  percentile: float = 99.0, k: int = 10, max_points: int = 5000,
-                  seed: int = 0) -> dict[str, Any]:
+def label_support(labels: np.ndarray, joint: Sequence[int] = (0, 1), k: int = 10,
+                  max_points: int = 5000, seed: int = 0) -> dict[str, Any]:
     """The training labels' support, from ``labels`` (n, n_labels) in physical units:
 
     * ``lo``, ``hi`` (n_labels,): the smallest and largest finite label (the range);
@@ -104,15 +103,17 @@ def label_support(labels: np.ndarray, joint: Sequence[int] = (0, 1),
       diagram, where stellar evolution leaves regions empty); ``center``, ``scale``
       (len(joint),): their median and robust spread (1.4826 MAD), which standardise them;
     * ``points`` (m, len(joint)): the standardised training labels (complete rows; at most
-      ``max_points``, a random subset drawn with ``seed``), ``k``, and ``threshold``: the
-      ``percentile`` (0-100) of each point's distance to its ``k``-th nearest other point.
+      ``max_points``, a random subset drawn with ``seed``), ``k``, and
+      ``distance_quantiles``: 201 evenly spaced quantiles (0 to 100 %) of each point's
+      distance to its ``k``-th nearest other point; the threshold is a percentile of them
+      (:func:`label_threshold`).
 
-    A served label set farther than ``threshold`` from its ``k``-th nearest training label
+    A served label set farther than the threshold from its ``k``-th nearest training label
     set lies where the training labels have (almost) no stars, even if every label is
     inside its range: a cool dwarf given a subgiant's gravity, say (:func:`label_distance`).
-    The threshold comes from the training labels alone, so it flags about
-    100 - ``percentile`` % of training stars and fewer of in-domain predictions (which
-    regress towards dense regions)."""
+    The threshold comes from the training labels alone: at the P-th percentile it flags
+    about 100 - P % of training stars and fewer in-domain predictions (which regress towards
+    dense regions)."""
     from scipy.spatial import cKDTree
 
     lab = np.asarray(labels, np.float64)
@@ -134,10 +135,17 @@ def label_support(labels: np.ndarray, joint: Sequence[int] = (0, 1),
     pts = ((full - center) / scale).astype(np.float32)
     d, _ = cKDTree(pts).query(pts, k=k + 1)
     out.update({"joint": joint, "center": center.tolist(), "scale": scale.tolist(),
-                "points": pts.tolist(),
-                "k": int(k), "percentile": float(percentile),
-                "threshold": float(np.percentile(d[:, k], percentile))})
+                "points": pts.tolist(), "k": int(k),
+                "distance_quantiles": np.quantile(d[:, k], np.linspace(0, 1, 201)).tolist()})
     return out
+
+
+def label_threshold(support: Mapping[str, Any] | None, percentile: float) -> float | None:
+    """The joint label-space threshold: the ``percentile`` (0-100) of the training labels'
+    own ``k``-th neighbour distances in ``support``; None without them."""
+    if not support or not support.get("distance_quantiles"):
+        return None
+    return score_threshold(support["distance_quantiles"], percentile)
 
 
 def label_distance(value: np.ndarray, support: Mapping[str, Any] | None) -> np.ndarray:
@@ -161,17 +169,20 @@ def label_distance(value: np.ndarray, support: Mapping[str, Any] | None) -> np.n
     return out
 
 
-def outside_support(value: np.ndarray, support: Mapping[str, Any] | None) -> np.ndarray:
+def outside_support(value: np.ndarray, support: Mapping[str, Any] | None,
+                    percentile: float = 99.0) -> np.ndarray:
     """(n,) bool: some finite label of ``value`` (n, n_labels) outside [lo, hi], or the row
-    farther than the support's ``threshold`` from the training labels
-    (:func:`label_distance`; skipped for a support without points)."""
+    farther from the training labels (:func:`label_distance`) than the ``percentile``
+    (0-100) of their own distances (:func:`label_threshold`; skipped for a support without
+    them)."""
     if not support:
         return np.zeros(value.shape[0], bool)
     lo, hi = np.asarray(support["lo"]), np.asarray(support["hi"])
+    thr = label_threshold(support, percentile)
     with np.errstate(invalid="ignore"):
         out = ((value < lo) | (value > hi)).any(axis=1)
-        if support.get("threshold") is not None:
-            out |= label_distance(value, support) > float(support["threshold"])
+        if thr is not None:
+            out |= label_distance(value, support) > thr
     return out
 
 
@@ -196,17 +207,18 @@ def disagreeing(value: np.ndarray, error: np.ndarray,
 def ood_flags(score: np.ndarray | None, threshold: float | None, value: np.ndarray,
               error: np.ndarray, support: Mapping[str, Sequence[float]] | None,
               others: Sequence[tuple[np.ndarray, np.ndarray]], z_max: float,
-              distance: np.ndarray | None = None, distance_threshold: float | None = None
-              ) -> np.ndarray:
+              distance: np.ndarray | None = None, distance_threshold: float | None = None,
+              percentile: float = 99.0) -> np.ndarray:
     """(n,) int64 flag bits: ``OOD_SPECTRUM`` where ``score`` (n,) exceeds ``threshold``
     or ``distance`` (n,) exceeds ``distance_threshold`` (each skipped when it or its threshold
     is None), ``OOD_LABELS`` where the served (value, error) (n, n_labels) is outside
-    ``support`` or disagrees with the ``others`` (see :func:`disagreeing`)."""
+    ``support`` (:func:`outside_support` at ``percentile``) or disagrees with the
+    ``others`` (see :func:`disagreeing`)."""
     out = np.zeros(value.shape[0], np.int64)
     for x, thr in ((score, threshold), (distance, distance_threshold)):
         if x is not None and thr is not None:
             with np.errstate(invalid="ignore"):
                 out[np.asarray(x) > thr] |= flags.flag("OOD_SPECTRUM")
-    lab = outside_support(value, support) | disagreeing(value, error, others, z_max)
+    lab = outside_support(value, support, percentile) | disagreeing(value, error, others, z_max)
     out[lab] |= flags.flag("OOD_LABELS")
     return out

@@ -178,7 +178,7 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
     dist = embedding_shard_scores(shard, d["specid"].shape[0], "ood_distance")
     fl |= ood_flags(score, ood.get("threshold"), r.value, r.error, _support(cands),
                     _others(preds, names, r.served, cands), float(ood.get("z_max", 5.0)),
-                    dist, ood.get("distance_threshold"))
+                    dist, ood.get("distance_threshold"), float(ood.get("percentile", 99.0)))
     some = np.isfinite(r.value).any(1)
     failed = ~some & ~flags.is_fatal(fl)
     fl[failed] |= flags.flag("PREDICTION_FAILED")

@@ -76,6 +76,12 @@ COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("FLAG_REASON", "U128", "", "why a fatal flag was set ('' if none)"),
 )
 DTYPE = np.dtype([(name, dt) for name, dt, _, _ in COLUMNS])
+#: The manifest row as stored on disk: text as ASCII bytes (1 byte a character, not 4).
+DISK_DTYPE = np.dtype([(name, dt.replace("U", "S")) for name, dt, _, _ in COLUMNS])
+#: The row as rank 0 holds it at survey scale: :data:`DISK_DTYPE` without FILE (the path is
+#: kept once per file, see :class:`CompactManifest`): about 250 bytes a row instead of 2 KB.
+COMPACT_DTYPE = np.dtype([(name, DISK_DTYPE[name]) for name in DISK_DTYPE.names
+                          if name != "FILE"])
 SYNTHETIC_ID_OFFSET = 10**12
 LABEL_COLUMNS = {lab.name: lab.column for lab in LABELS}
 
@@ -138,16 +144,31 @@ def pixel_quality(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
     return snr, nonfinite, n_valid, np.asarray(covers)
 
 
+def _chars(dt: np.dtype) -> int:
+    """Characters of a fixed-width text dtype (str 'U' or ASCII bytes 'S')."""
+    return dt.itemsize // 4 if dt.kind == "U" else dt.itemsize
+
+
+def _text(col: np.ndarray) -> np.ndarray:
+    """A text column as str (ASCII bytes decoded)."""
+    return col.astype(str) if col.dtype.kind == "S" else col
+
+
 def _set(rows: np.ndarray, i: Any, name: str, reason: str = "") -> None:
-    """Set flag ``name`` on rows ``i`` (index, slice or mask); append ``reason`` to FLAG_REASON
-    for fatal flags ('; '-separated, cut at the column width)."""
+    """Set flag ``name`` on rows ``i`` (index, slice or mask) of manifest rows (:data:`DTYPE`
+    or the byte-text dtypes); append ``reason`` to FLAG_REASON for fatal flags
+    ('; '-separated, cut at the column width)."""
     rows["FLAGS"][i] |= flags.flag(name)
     if not (reason and flags.BY_NAME[name].fatal):
         return
-    width = rows.dtype["FLAG_REASON"].itemsize // 4
-    for k in np.atleast_1d(np.arange(rows.size)[i]):
-        cur = str(rows["FLAG_REASON"][k])
-        rows["FLAG_REASON"][k] = (f"{cur}; {reason}" if cur else reason)[:width]
+    col = rows["FLAG_REASON"]
+    width = _chars(col.dtype)
+    idx = np.atleast_1d(np.arange(rows.size)[i])
+    empty = col[idx] == col.dtype.type()
+    col[idx[empty]] = reason[:width]
+    for k in idx[~empty]:
+        cur = str(_text(col[k:k + 1])[0])
+        col[k] = f"{cur}; {reason}"[:width]
 
 
 def _failed_file(survey: str, path: str, err: FormatError, layout: str = "") -> np.ndarray:
@@ -273,9 +294,9 @@ def flag_duplicates(rows: np.ndarray) -> None:
     ids = rows["SPECID"]
     valid = ids >= 0
     snr = np.nan_to_num(rows["SNR"].astype(np.float64), nan=-1.0)
-    _, group = np.unique(np.char.add(np.char.add(rows["DESI_SURVEY"], "/"),
-                                     rows["DESI_PROGRAM"]), return_inverse=True)
-    group = group.ravel()
+    _, surv = np.unique(rows["DESI_SURVEY"], return_inverse=True)
+    prog_names, prog = np.unique(rows["DESI_PROGRAM"], return_inverse=True)
+    group = surv.ravel().astype(np.int64) * max(prog_names.size, 1) + prog.ravel()
     order = np.lexsort((-snr, group, ids))
     same = (ids[order][1:] == ids[order][:-1]) & (group[order][1:] == group[order][:-1])
     dup = np.zeros(rows.size, bool)
@@ -284,12 +305,15 @@ def flag_duplicates(rows: np.ndarray) -> None:
     _set(rows, dup, "DUPLICATE_ID", "ID repeated; a higher-S/N copy is kept")
 
 
-def attach_labels(rows: np.ndarray, labels: LabelTable | None, radius_arcsec: float) -> None:
-    """Cross-match rows to ``labels`` and fill the label columns and flags, in place."""
+def attach_labels(rows: np.ndarray, labels: LabelTable | None, radius_arcsec: float,
+                  file_names: np.ndarray | None = None) -> None:
+    """Cross-match rows to ``labels`` and fill the label columns and flags, in place;
+    ``file_names`` (n,): the base name of each row's file (default: from its FILE)."""
     if labels is None:
         _set(rows, slice(None), "NO_LABEL")
         return
-    files = np.array([Path(f).name for f in rows["FILE"]])
+    files = (np.array([Path(f).name for f in _text(rows["FILE"])]) if file_names is None
+             else file_names)
     m = crossmatch(labels, rows["RA"], rows["DEC"], gaia_id=rows["GAIA_ID"],
                    spec_id=rows["SPECID"], file=files, radius_arcsec=radius_arcsec)
     hit = m.index >= 0
@@ -354,24 +378,85 @@ def apply_selection(survey: str, rows: np.ndarray, selection: Selection) -> int:
     return int(out.sum())
 
 
-def finish_manifest(survey: str, parts: Sequence[np.ndarray], labels: LabelTable | None = None,
-                    radius_arcsec: float = 1.0, selection: Selection | None = None,
-                    ) -> np.ndarray:
-    """The manifest from the per-file rows ``parts`` (in input order): target selection (if
-    given), synthetic IDs, duplicates, the cross-match to ``labels`` and the star keys; the
-    steps that need every row at once."""
-    rows = np.concatenate(parts) if len(parts) else empty_rows(0)
+def compact_part(survey: str, rows: np.ndarray, selection: Selection | None = None
+                 ) -> np.ndarray:
+    """The rows of one file (:data:`DTYPE`) with the target ``selection`` flagged (if given;
+    the step needs only the row itself, so it runs where the file was read) as
+    :data:`COMPACT_DTYPE` (text as bytes, no FILE)."""
     if selection is not None:
         apply_selection(survey, rows, selection)
+    out = np.empty(rows.size, COMPACT_DTYPE)
+    for name in COMPACT_DTYPE.names:
+        out[name] = rows[name]
+    return out
+
+
+@dataclass
+class CompactManifest:
+    """A manifest as rank 0 holds it at survey scale: ``rows`` (n,) of
+    :data:`COMPACT_DTYPE`, ``files`` the input paths and ``file_idx`` (n,) int32 the file of
+    each row. :func:`write_manifest` writes it in blocks."""
+
+    rows: np.ndarray
+    files: list[str]
+    file_idx: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.rows.size)
+
+    def block(self, a: int, b: int, dtype: np.dtype = DISK_DTYPE) -> np.ndarray:
+        """Rows ``a:b`` with FILE, as ``dtype`` (:data:`DISK_DTYPE` or :data:`DTYPE`)."""
+        out = np.empty(b - a, dtype)
+        for name in COMPACT_DTYPE.names:
+            out[name] = self.rows[name][a:b]
+        out["FILE"] = np.asarray(self.files, dtype=dtype["FILE"])[self.file_idx[a:b]] \
+            if self.files else ""
+        return out
+
+    def to_rows(self) -> np.ndarray:
+        """Every row as :data:`DTYPE` (text as str)."""
+        return self.block(0, self.size, DTYPE)
+
+
+def finish_compact(survey: str, files: Sequence[str], parts: list[np.ndarray | None],
+                   labels: LabelTable | None = None, radius_arcsec: float = 1.0
+                   ) -> CompactManifest:
+    """The manifest from the compact rows of each file (:func:`compact_part`, in the order
+    of ``files``): synthetic IDs, duplicates, the cross-match to ``labels`` and the star
+    keys, the steps that need every row at once. ``parts`` is emptied as it is copied, so
+    rank 0 holds the rows about once (~250 bytes a row)."""
+    sizes = np.array([0 if p is None else p.size for p in parts], np.int64)
+    rows = np.empty(int(sizes.sum()), COMPACT_DTYPE)
+    file_idx = np.repeat(np.arange(len(parts), dtype=np.int32), sizes)
+    a = 0
+    for k in range(len(parts)):
+        p = parts[k]
+        if p is not None:
+            rows[a:a + p.size] = p
+            a += p.size
+        parts[k] = None
     # files without IDs get synthetic negative IDs unique within the manifest, far below the
     # negative TARGETIDs of DESI's empty fibres
     no_id = (rows["FLAGS"] & flags.flag("NO_ID")) != 0
     rows["SPECID"][no_id] = -(SYNTHETIC_ID_OFFSET + np.flatnonzero(no_id))
     flag_duplicates(rows)
-    attach_labels(rows, labels, radius_arcsec)
+    names = np.array([Path(f).name for f in files], dtype=str)
+    attach_labels(rows, labels, radius_arcsec,
+                  file_names=names[file_idx] if len(files) else np.array([], str))
     rows["STAR_KEY"] = star_keys(rows["LABEL_ID"], rows["GAIA_ID"], rows["RA"], rows["DEC"],
                                  rows["SPECID"])
-    return rows
+    return CompactManifest(rows, list(files), file_idx)
+
+
+def finish_manifest(survey: str, parts: Sequence[np.ndarray], labels: LabelTable | None = None,
+                    radius_arcsec: float = 1.0, selection: Selection | None = None,
+                    ) -> np.ndarray:
+    """The manifest (:data:`DTYPE`) from the per-file rows ``parts`` (in input order):
+    target selection (if given), then :func:`finish_compact`."""
+    files = [str(p["FILE"][0]) if p.size else "" for p in parts]
+    compact: list[np.ndarray | None] = [compact_part(survey, p, selection) for p in parts]
+    return finish_compact(survey, files, compact, labels, radius_arcsec).to_rows()
 
 
 def build_manifest(survey: str, files: Sequence[str], labels: LabelTable | None = None,
@@ -388,18 +473,26 @@ def build_manifest(survey: str, files: Sequence[str], labels: LabelTable | None 
     return finish_manifest(survey, parts, labels, radius_arcsec, selection)
 
 
-def write_manifest(path: str | Path, rows: np.ndarray, meta: dict[str, Any] | None = None,
-                   ) -> None:
-    """Write manifest rows as FITS (EXTNAME MANIFEST, units, checksums), atomically."""
+def write_manifest(path: str | Path, rows: np.ndarray | CompactManifest,
+                   meta: dict[str, Any] | None = None, block: int = 250_000) -> None:
+    """Write manifest rows (:data:`DTYPE`, or a :class:`CompactManifest`, written ``block``
+    rows at a time) as FITS (EXTNAME MANIFEST, units, checksums), atomically."""
     header = [{"name": "SBVERS", "value": __version__, "comment": "specbridge version"},
               {"name": "NSPEC", "value": int(rows.size), "comment": "rows (input spectra)"},
-              {"name": "NFATAL", "value": int(flags.is_fatal(rows["FLAGS"]).sum()),
+              {"name": "NFATAL", "value": int(flags.is_fatal(
+                  (rows.rows if isinstance(rows, CompactManifest) else rows)["FLAGS"]).sum()),
                "comment": "rows with a fatal flag"}]
     for k, v in (meta or {}).items():
         header.append({"name": k[:8].upper(), "value": v})
     units = [u for _, _, u, _ in COLUMNS]
     with atomic_output(path) as tmp, fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
-        fits.write(rows, extname="MANIFEST", header=header, units=units)
+        if isinstance(rows, CompactManifest):
+            fits.write(rows.block(0, min(block, rows.size)), extname="MANIFEST",
+                       header=header, units=units)
+            for a in range(block, rows.size, block):
+                fits[-1].append(rows.block(a, min(a + block, rows.size)))
+        else:
+            fits.write(rows, extname="MANIFEST", header=header, units=units)
         fits[-1].write_checksum()
 
 

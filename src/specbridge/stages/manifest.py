@@ -13,14 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from specbridge import flags
 from specbridge.errors import UserError, describe
 from specbridge.io import desi
 from specbridge.io.labels import LabelTable, read_apogee_allstar, read_label_table
 from specbridge.io.manifest import (
     GridRange,
+    compact_part,
     expand_globs,
-    finish_manifest,
+    finish_compact,
     scan_file,
     write_manifest,
 )
@@ -137,26 +140,36 @@ def _scan_and_write(cfg: dict[str, Any], survey: str, files: list[str], weights:
     log.info("%d %s files over %d rank(s)", len(files), survey, size)
     t_scan = time.monotonic()
     parts = map_gather(f"manifest {survey}", files,
-                       lambda path: scan_file(survey, path, zlookup, grid), comm, log,
+                       lambda path: compact_part(survey, scan_file(survey, path, zlookup, grid),
+                                                 selection), comm, log,
                        weights=weights, unit="files")
     dt_scan = time.monotonic() - t_scan
+    peak_scan = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if rank != 0:
+        comm.gather(peak_scan, root=0)
+        return 0
+    manifest = finish_compact(survey, files, parts, labels,
+                              cfg["data"]["crossmatch"]["radius_arcsec"])
+    del parts
+    write_manifest(outputs["manifest"], manifest,
+                   {"SURVEY": survey, "LABELS": str(labels.source) if labels else ""})
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     peaks = comm.gather(peak_mb, root=0) if comm is not None else [peak_mb]
-    if rank != 0:
-        return 0
-    rows = finish_manifest(survey, parts, labels, cfg["data"]["crossmatch"]["radius_arcsec"],
-                           selection)
-    write_manifest(outputs["manifest"], rows, {"SURVEY": survey,
-                                               "LABELS": str(labels.source) if labels else ""})
+    rows = manifest.rows
     dt = time.monotonic() - t0
-    counts = collections.Counter(n for v in rows["FLAGS"] for n in flags.names(int(v)))
+    values, n_of = np.unique(rows["FLAGS"], return_counts=True)
+    counts: collections.Counter[str] = collections.Counter()
+    for v, c in zip(values, n_of, strict=True):
+        for name in flags.names(int(v)):
+            counts[name] += int(c)
     nfatal = int(flags.is_fatal(rows["FLAGS"]).sum())
     nsel = int((rows["FLAGS"] & flags.flag("NOT_SELECTED") != 0).sum())
     log.info("%d files -> %d spectra in %.1f s (scan %.1f s: %.0f files/s, %.0f files/s per "
              "rank over %d rank(s)); %d usable, %d with a fatal flag (%d not selected)",
              len(files), rows.size, dt, dt_scan, len(files) / max(dt_scan, 1e-9),
              len(files) / max(dt_scan, 1e-9) / size, size, rows.size - nfatal, nfatal, nsel)
-    log.info("peak memory per rank: %s MB", ", ".join(f"{p:.0f}" for p in peaks))
+    log.info("peak memory per rank: %s MB (%.0f bytes a row held on rank 0)",
+             ", ".join(f"{p:.0f}" for p in peaks), rows.itemsize + 4)
     for name, n in sorted(counts.items()):
         log.info("  flag %-18s %d", name, n)
     log.info("wrote %s", outputs["manifest"])

@@ -169,12 +169,12 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
 def _label_support(cfg: Mapping[str, Any], labels: np.ndarray) -> dict[str, Any]:
     """The training labels' support (:func:`specbridge.inference.ood.label_support`) for
     ``labels`` (n, n_labels) in the order of ``cfg['labels']``, its joint check over the
-    configured ``inference.ood.label_space`` labels present."""
+    configured ``training.label_support`` labels present."""
     from specbridge.inference.ood import label_support
 
-    ood, names = cfg["inference"]["ood"], list(cfg["labels"])
-    joint = [names.index(n) for n in ood["label_space"] if n in names]
-    return label_support(labels, joint, ood["percentile"], ood["label_k"], seed=cfg["seed"])
+    sup, names = cfg["training"]["label_support"], list(cfg["labels"])
+    joint = [names.index(n) for n in sup["labels"] if n in names]
+    return label_support(labels, joint, sup["k"], seed=cfg["seed"])
 
 
 def _report_mlp(net: nn.Module, val_set: LabelledShards, mean: np.ndarray, std: np.ndarray,

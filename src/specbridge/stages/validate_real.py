@@ -106,7 +106,7 @@ def out_of_domain(cfg: dict[str, Any], specformer: str | Path | None, index: Pat
         q = ck.meta.get("ood_distance_quantiles")
         dist_threshold = score_threshold(q, ood["percentile"]) if q else None
     bits = ood_flags(score, threshold, value, error, support, [], ood["z_max"], dist,
-                     dist_threshold)
+                     dist_threshold, ood["percentile"])
     return score, dist, bits, threshold
 
 
