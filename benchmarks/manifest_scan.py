@@ -2,6 +2,9 @@
 
     python benchmarks/manifest_scan.py [--n-files 10000] [--shared ../shared/data]
     python benchmarks/manifest_scan.py --ranks 1 2 [--n-files 4000]   # the MPI stage
+    python benchmarks/manifest_scan.py --ranks 2 --surveys desi --n-files 20000 \
+        --desi-list MOCK/desi_files.txt --redshifts-from MOCK/redrock_files.txt \
+        --labels MOCK/apogee_allstar.fits     # 10^7 rows from the mock's 500-row coadds
 
 Without ``--ranks``: build_manifest in this process. With ``--ranks``: ``mpiexec -n R
 specbridge manifest --files-from LIST`` (the stage as the rule runs it, embedded default config)
@@ -38,28 +41,37 @@ def linked_files(sources: list[Path], n: int, folder: Path) -> list[str]:
     return out
 
 
-def run_stage(survey: str, files: list[str], ranks: int, folder: Path) -> tuple[float, float]:
-    """(wall s, scan s) of ``mpiexec -n ranks specbridge manifest`` over ``files``."""
+def run_stage(survey: str, files: list[str], ranks: int, folder: Path,
+              extra: list[str] | None = None) -> tuple[float, float, int, str]:
+    """(wall s, scan s, spectra, peak MB per rank) of ``mpiexec -n ranks specbridge
+    manifest`` over ``files`` (``extra``: more arguments, e.g. redshifts and labels)."""
     listing = folder / f"{survey}_files.txt"
     listing.write_text("".join(f"{f}\n" for f in files))
     config = Path(__file__).resolve().parents[1] / "config.yaml"
+    out = folder / f"{survey}_{ranks}.fits"
     cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), "specbridge", "manifest",
            "--config", str(config), "--survey", survey, "--files-from", str(listing),
-           "--output", str(folder / f"{survey}_{ranks}.fits")]
+           "--output", str(out), *(extra or [])]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
     scan = float(re.search(r"\(scan ([0-9.]+) s", r.stderr).group(1))
-    return wall, scan
+    spectra = int(re.search(r"files -> (\d+) spectra", r.stderr).group(1))
+    peaks = re.search(r"peak memory per rank: ([0-9, ]+) MB", r.stderr).group(1)
+    out.unlink(missing_ok=True)
+    return wall, scan, spectra, peaks
 
 
-def warmed_sets(lamost: list[Path], desi: list[Path], n_files: int):
+def warmed_sets(lamost: list[Path], desi: list[Path], n_files: int,
+                surveys: tuple[str, ...] = ("lamost", "desi")):
     """Per survey, (survey, n_files links cycling over its real files, their folder) in a
     temporary folder, after one untimed pass over the real files (page cache, imports)."""
     with tempfile.TemporaryDirectory() as tmp:
         for survey, sources in (("lamost", lamost), ("desi", desi)):
+            if survey not in surveys:
+                continue
             d = Path(tmp) / survey
             d.mkdir()
             files = linked_files(sources, n_files, d)
@@ -74,21 +86,37 @@ def main() -> None:
                     default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
     ap.add_argument("--ranks", type=int, nargs="+",
                     help="run the MPI stage with these rank counts instead")
+    ap.add_argument("--surveys", nargs="+", choices=["lamost", "desi"],
+                    default=["lamost", "desi"])
+    ap.add_argument("--desi-list", type=Path,
+                    help="cycle over the DESI files listed here (e.g. a mock's 500-spectrum "
+                         "coadds) instead of the real ones")
+    ap.add_argument("--redshifts-from", type=Path, help="redrock file list (with --ranks)")
+    ap.add_argument("--labels", type=Path, help="label catalogue (with --ranks)")
     args = ap.parse_args()
     lamost = sorted(p for p in (args.shared / "lamost").glob("*/*") if ".fits" in p.name)
     desi = sorted(p for p in (args.shared / "desi").glob("*.fits") if "redrock" not in p.name)
+    if args.desi_list:
+        desi = [Path(x) for x in args.desi_list.read_text().split()]
+    extra = []
+    if args.redshifts_from:
+        extra += ["--redshifts-from", str(args.redshifts_from)]
+    if args.labels:
+        extra += ["--labels", str(args.labels)]
     if args.ranks:
-        print(f"{'survey':8s} {'files':>7s} {'ranks':>5s} {'wall s':>7s} {'scan s':>7s} "
-              f"{'files/s':>8s} {'per rank':>8s}")
-        for survey, files, d in warmed_sets(lamost, desi, args.n_files):
+        print(f"{'survey':8s} {'files':>7s} {'spectra':>10s} {'ranks':>5s} {'wall s':>7s} "
+              f"{'scan s':>7s} {'files/s':>8s} {'per rank':>8s} {'spectra/s':>9s}  peak MB "
+              "per rank")
+        for survey, files, d in warmed_sets(lamost, desi, args.n_files, tuple(args.surveys)):
             for n in args.ranks:
-                wall, scan = run_stage(survey, files, n, d)
-                print(f"{survey:8s} {len(files):7d} {n:5d} {wall:7.1f} {scan:7.1f} "
-                      f"{len(files) / scan:8.0f} {len(files) / scan / n:8.0f}", flush=True)
+                wall, scan, nspec, peaks = run_stage(survey, files, n, d, extra)
+                print(f"{survey:8s} {len(files):7d} {nspec:10d} {n:5d} {wall:7.1f} "
+                      f"{scan:7.1f} {len(files) / scan:8.0f} {len(files) / scan / n:8.0f} "
+                      f"{nspec / scan:9.0f}  {peaks}", flush=True)
         return
     print(f"{'survey':8s} {'files':>7s} {'spectra':>8s} {'seconds':>8s} {'files/s':>8s} "
           f"{'spectra/s':>10s}")
-    for survey, files, _ in warmed_sets(lamost, desi, args.n_files):
+    for survey, files, _ in warmed_sets(lamost, desi, args.n_files, tuple(args.surveys)):
         t0 = time.perf_counter()
         rows = build_manifest(survey, files)
         dt = time.perf_counter() - t0

@@ -312,8 +312,12 @@ def attach_labels(rows: np.ndarray, labels: LabelTable | None, radius_arcsec: fl
     if labels is None:
         _set(rows, slice(None), "NO_LABEL")
         return
-    files = (np.array([Path(f).name for f in _text(rows["FILE"])]) if file_names is None
-             else file_names)
+    if labels.file is None:  # the catalogue has no file names to match on
+        files = None
+    elif file_names is None:
+        files = np.array([Path(f).name for f in _text(rows["FILE"])])
+    else:
+        files = file_names
     m = crossmatch(labels, rows["RA"], rows["DEC"], gaia_id=rows["GAIA_ID"],
                    spec_id=rows["SPECID"], file=files, radius_arcsec=radius_arcsec)
     hit = m.index >= 0
@@ -441,9 +445,10 @@ def finish_compact(survey: str, files: Sequence[str], parts: list[np.ndarray | N
     no_id = (rows["FLAGS"] & flags.flag("NO_ID")) != 0
     rows["SPECID"][no_id] = -(SYNTHETIC_ID_OFFSET + np.flatnonzero(no_id))
     flag_duplicates(rows)
-    names = np.array([Path(f).name for f in files], dtype=str)
-    attach_labels(rows, labels, radius_arcsec,
-                  file_names=names[file_idx] if len(files) else np.array([], str))
+    names = None
+    if labels is not None and labels.file is not None:
+        names = np.array([Path(f).name for f in files] or [""], dtype=str)[file_idx]
+    attach_labels(rows, labels, radius_arcsec, file_names=names)
     rows["STAR_KEY"] = star_keys(rows["LABEL_ID"], rows["GAIA_ID"], rows["RA"], rows["DEC"],
                                  rows["SPECID"])
     return CompactManifest(rows, list(files), file_idx)
