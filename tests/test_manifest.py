@@ -289,6 +289,33 @@ def test_manifest_fits_round_trip_and_fitsverify(shared_data, tmp_path):
     assert back["Z"][i][0] == pytest.approx(0.36874355) and back["CLASS"][i][0] == "GALAXY"
 
 
+def test_compact_manifest_written_in_blocks_equals_the_full_rows(shared_data, tmp_path):
+    """Rank 0's survey-scale form (text as bytes, FILE once per file, written in blocks)
+    gives the same file as the rows written at once, with the corrupt corpus's reasons."""
+    from specbridge.io.manifest import (
+        COMPACT_DTYPE,
+        compact_part,
+        finish_compact,
+        scan_file,
+    )
+
+    corpus = _corpus(shared_data, tmp_path)
+    files = sorted(p for p, (s, _, _) in corpus.items() if s == "desi")
+    files += sorted(str(p) for p in (shared_data / "desi").glob("*coadd*.fits"))
+    rows = build_manifest("desi", files)
+    parts = [compact_part("desi", scan_file("desi", f)) for f in files]
+    assert COMPACT_DTYPE.itemsize < rows.dtype.itemsize / 5
+    compact = finish_compact("desi", files, parts)
+    assert all(p is None for p in parts)  # handed over, not held twice
+    assert compact.to_rows().tobytes() == rows.tobytes()
+    write_manifest(tmp_path / "once.fits", rows)
+    write_manifest(tmp_path / "blocks.fits", compact, block=7)
+    a, b = (fitsio.read(str(tmp_path / n), ext="MANIFEST") for n in ("once.fits", "blocks.fits"))
+    assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    assert (fitsio.read_header(str(tmp_path / "blocks.fits"), ext="MANIFEST")["NSPEC"]
+            == rows.size > 7)
+
+
 def test_manifest_cli(shared_data, tmp_path, tool_env):
     folder = shared_data / "lamost" / "mdwarfs_labelled"
     out = tmp_path / "m.fits"

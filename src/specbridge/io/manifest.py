@@ -79,7 +79,7 @@ DTYPE = np.dtype([(name, dt) for name, dt, _, _ in COLUMNS])
 #: The manifest row as stored on disk: text as ASCII bytes (1 byte a character, not 4).
 DISK_DTYPE = np.dtype([(name, dt.replace("U", "S")) for name, dt, _, _ in COLUMNS])
 #: The row as rank 0 holds it at survey scale: :data:`DISK_DTYPE` without FILE (the path is
-#: kept once per file, see :class:`CompactManifest`): about 250 bytes a row instead of 2 KB.
+#: kept once per file, see :class:`CompactManifest`): 378 bytes a row instead of 2,074.
 COMPACT_DTYPE = np.dtype([(name, DISK_DTYPE[name]) for name in DISK_DTYPE.names
                           if name != "FILE"])
 SYNTHETIC_ID_OFFSET = 10**12
@@ -429,7 +429,7 @@ def finish_compact(survey: str, files: Sequence[str], parts: list[np.ndarray | N
     """The manifest from the compact rows of each file (:func:`compact_part`, in the order
     of ``files``): synthetic IDs, duplicates, the cross-match to ``labels`` and the star
     keys, the steps that need every row at once. ``parts`` is emptied as it is copied, so
-    rank 0 holds the rows about once (~250 bytes a row)."""
+    rank 0 holds the rows about once (~380 bytes a row)."""
     sizes = np.array([0 if p is None else p.size for p in parts], np.int64)
     rows = np.empty(int(sizes.sum()), COMPACT_DTYPE)
     file_idx = np.repeat(np.arange(len(parts), dtype=np.int32), sizes)
