@@ -65,6 +65,26 @@ def test_the_joint_label_check_flags_the_gap_of_the_kiel_diagram():
                                sup).any()
 
 
+def test_inference_judges_served_labels_by_the_joint_check():
+    """predict_shard's support: the widest range over the candidates and the joint check of
+    their pretrained model (a regression: it once kept the range only)."""
+    from types import SimpleNamespace
+
+    from specbridge.inference.predict import _support
+
+    rng = np.random.default_rng(4)
+    labels = _kiel_diagram(3000, rng)
+    sup = label_support(labels, joint=(0, 1), k=10)
+    wider = {"lo": [3000.0, 0.0, -3.0], "hi": [8000.0, 5.5, 1.0]}
+    merged = _support([SimpleNamespace(support=wider), SimpleNamespace(support=sup),
+                       SimpleNamespace(support=None)])
+    assert merged["lo"] == wider["lo"] and merged["distance_quantiles"]
+    gap = np.array([[4200.0, 3.3, -0.3], [4200.0, 1.5, -0.3]])
+    bits = ood_flags(None, None, gap, np.full(gap.shape, 0.1), merged, [], 5.0,
+                     percentile=99.0)
+    assert [flags.names(int(b)) for b in bits] == [["OOD_LABELS"], []]
+
+
 def test_disagreement_needs_most_candidates_beyond_their_combined_errors():
     value = np.array([[0.0], [0.0], [0.0]])
     error = np.full((3, 1), 0.1)

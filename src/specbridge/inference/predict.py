@@ -217,14 +217,20 @@ def embedding_shard_scores(shard: Mapping[str, Any], n: int, key: str = "ood_sco
     return np.full(n, np.nan)
 
 
-def _support(cands: Sequence[Candidate]) -> dict[str, list[float]] | None:
-    """The widest training-label range among the candidates' ({'lo', 'hi'}), None if none
-    stores one."""
+def _support(cands: Sequence[Candidate]) -> dict[str, Any] | None:
+    """The training-label support the served labels are judged against
+    (:func:`specbridge.inference.ood.outside_support`): the widest range among the
+    candidates' ('lo', 'hi') and the joint check of the first candidate that stores one
+    (every candidate inherits its pretrained model's, all from the LAMOST labels); None if
+    no candidate stores a support."""
     sup = [c.support for c in cands if c.support]
     if not sup:
         return None
-    return {"lo": np.min([s["lo"] for s in sup], axis=0).tolist(),
-            "hi": np.max([s["hi"] for s in sup], axis=0).tolist()}
+    out: dict[str, Any] = {k: v for k, v in next(
+        (s for s in sup if s.get("distance_quantiles")), {}).items() if k not in ("lo", "hi")}
+    out.update(lo=np.min([s["lo"] for s in sup], axis=0).tolist(),
+               hi=np.max([s["hi"] for s in sup], axis=0).tolist())
+    return out
 
 
 def _others(preds: Mapping[str, tuple[np.ndarray, np.ndarray]], names: Sequence[str],
