@@ -305,8 +305,8 @@ def test_compact_manifest_written_in_blocks_equals_the_full_rows(shared_data, tm
     rows = build_manifest("desi", files)
     parts = [compact_part("desi", scan_file("desi", f)) for f in files]
     assert COMPACT_DTYPE.itemsize < rows.dtype.itemsize / 5
-    compact = finish_compact("desi", files, parts)
-    assert all(p is None for p in parts)  # handed over, not held twice
+    compact = finish_compact("desi", files, np.concatenate(parts),
+                             np.array([p.size for p in parts]))
     assert compact.to_rows().tobytes() == rows.tobytes()
     write_manifest(tmp_path / "once.fits", rows)
     write_manifest(tmp_path / "blocks.fits", compact, block=7)
@@ -462,6 +462,51 @@ def test_map_gather_order_and_abort_over_ranks(tmp_path, tool_env, mpiexec):
                          capture_output=True, text=True, env=tool_env, timeout=120)
     assert bad.returncode != 0 and "RESULT" not in bad.stdout
     assert "demo: file 4 (4) failed" in bad.stderr and "aborting the MPI job" in bad.stderr
+
+
+MAP_GATHER_ROWS_SCRIPT = """
+import logging, sys
+import numpy as np
+from specbridge.parallel.executor import map_gather_rows
+from specbridge.parallel.mpi import get_comm, rank0_logger, run_or_abort
+comm = get_comm()
+log = rank0_logger("t", comm)
+dt = np.dtype([("item", "i4"), ("k", "i4"), ("name", "S5")])
+
+def rows_of(i):  # item i has i % 4 rows (some none)
+    r = np.zeros(i % 4, dt)
+    r["item"], r["k"], r["name"] = i, np.arange(i % 4), b"x%d" % i
+    return r
+
+out = run_or_abort(comm, log, map_gather_rows, "demo", list(range(23)), rows_of, dt, comm,
+                   log, [1.0 + (i % 5) for i in range(23)], "files", int(sys.argv[1]))
+if comm is None or comm.rank == 0:
+    rows, sizes = out
+    want = np.concatenate([rows_of(i) for i in range(23)])
+    assert sizes.tolist() == [i % 4 for i in range(23)]
+    assert rows.tobytes() == want.tobytes(), (rows, want)
+    print("ROWS OK", rows.size)
+else:
+    assert out is None
+"""
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("message_bytes", [13, 1 << 20])
+def test_map_gather_rows_over_ranks_in_bounded_messages(tmp_path, tool_env, mpiexec,
+                                                        message_bytes):
+    """Rows gathered in raw messages of at most ``message_bytes`` (13: one item each, 1 MiB:
+    all at once) come back in item order, items without rows included."""
+    import sys
+
+    script = tmp_path / "mgr.py"
+    script.write_text(MAP_GATHER_ROWS_SCRIPT)
+    for n in (1, 3):
+        r = subprocess.run([mpiexec, "-n", str(n), sys.executable, str(script),
+                            str(message_bytes)],
+                           capture_output=True, text=True, env=tool_env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "ROWS OK 33" in r.stdout
 
 
 def test_map_gather_one_process_and_old_manifests(tmp_path):

@@ -72,7 +72,10 @@ def star_keys(label_id: np.ndarray, gaia_id: np.ndarray, ra: np.ndarray, dec: np
     pixel at :data:`STAR_GROUP_NSIDE` of RA, Dec in degrees), else the survey ID."""
     from specbridge.vac.healpix import ang2pix_nest
 
-    label_id = np.char.strip(np.asarray(label_id).astype(str))
+    label_id = np.asarray(label_id)
+    # text work on the matched rows only (a few per cent of a survey; bytes or str)
+    some = np.flatnonzero(label_id != label_id.dtype.type())
+    text = np.char.strip(label_id[some].astype(str))
     gaia_id = np.asarray(gaia_id, np.int64)
     ra, dec = np.asarray(ra, np.float64), np.asarray(dec, np.float64)
     key = _int_keys(np.asarray(specid, np.int64), "spec")
@@ -81,7 +84,7 @@ def star_keys(label_id: np.ndarray, gaia_id: np.ndarray, ra: np.ndarray, dec: np
         key[sky] = _int_keys(ang2pix_nest(STAR_GROUP_NSIDE, ra[sky], dec[sky]), "sky")
     gaia = gaia_id >= 0
     key[gaia] = _int_keys(gaia_id[gaia], "gaia")
-    labelled = label_id != ""
-    if labelled.any():
-        key[labelled] = _text_keys(label_id[labelled], "label")
+    labelled = some[text != ""]
+    if labelled.size:
+        key[labelled] = _text_keys(text[text != ""], "label")
     return key

@@ -423,23 +423,15 @@ class CompactManifest:
         return self.block(0, self.size, DTYPE)
 
 
-def finish_compact(survey: str, files: Sequence[str], parts: list[np.ndarray | None],
+def finish_compact(survey: str, files: Sequence[str], rows: np.ndarray, sizes: np.ndarray,
                    labels: LabelTable | None = None, radius_arcsec: float = 1.0
                    ) -> CompactManifest:
-    """The manifest from the compact rows of each file (:func:`compact_part`, in the order
-    of ``files``): synthetic IDs, duplicates, the cross-match to ``labels`` and the star
-    keys, the steps that need every row at once. ``parts`` is emptied as it is copied, so
-    rank 0 holds the rows about once (~380 bytes a row)."""
-    sizes = np.array([0 if p is None else p.size for p in parts], np.int64)
-    rows = np.empty(int(sizes.sum()), COMPACT_DTYPE)
-    file_idx = np.repeat(np.arange(len(parts), dtype=np.int32), sizes)
-    a = 0
-    for k in range(len(parts)):
-        p = parts[k]
-        if p is not None:
-            rows[a:a + p.size] = p
-            a += p.size
-        parts[k] = None
+    """The manifest from the compact rows (:func:`compact_part`) of every file, concatenated
+    in the order of ``files`` (``sizes`` (n_files,): the rows of each; as
+    :func:`specbridge.parallel.executor.map_gather_rows` gathers them): synthetic IDs,
+    duplicates, the cross-match to ``labels`` and the star keys, the steps that need every
+    row at once; done in place on ``rows``."""
+    file_idx = np.repeat(np.arange(len(files), dtype=np.int32), np.asarray(sizes, np.int64))
     # files without IDs get synthetic negative IDs unique within the manifest, far below the
     # negative TARGETIDs of DESI's empty fibres
     no_id = (rows["FLAGS"] & flags.flag("NO_ID")) != 0
@@ -460,8 +452,10 @@ def finish_manifest(survey: str, parts: Sequence[np.ndarray], labels: LabelTable
     """The manifest (:data:`DTYPE`) from the per-file rows ``parts`` (in input order):
     target selection (if given), then :func:`finish_compact`."""
     files = [str(p["FILE"][0]) if p.size else "" for p in parts]
-    compact: list[np.ndarray | None] = [compact_part(survey, p, selection) for p in parts]
-    return finish_compact(survey, files, compact, labels, radius_arcsec).to_rows()
+    compact = [compact_part(survey, p, selection) for p in parts]
+    rows = np.concatenate(compact) if compact else np.empty(0, COMPACT_DTYPE)
+    sizes = np.array([p.size for p in compact], np.int64)
+    return finish_compact(survey, files, rows, sizes, labels, radius_arcsec).to_rows()
 
 
 def build_manifest(survey: str, files: Sequence[str], labels: LabelTable | None = None,

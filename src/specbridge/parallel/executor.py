@@ -281,22 +281,10 @@ def merge_parts(job: ShardJob, part_indexes: Sequence[str | Path],
     return len(job.tasks)
 
 
-def map_gather(stage: str, items: Sequence[Any], compute: Callable[[Any], Any],
-               comm: Any = None, log: logging.Logger | None = None,
-               weights: Sequence[float] | None = None, unit: str = "items",
-               ) -> list[Any] | None:
-    """``[compute(item) for item in items]`` spread over the ranks of ``comm`` (None: one
-    process), the results gathered onto rank 0 in the order of ``items``.
-
-    The items are spread by ``weights`` (default 1 each) as :func:`run_shards` spreads shards;
-    rank 0 logs progress in ``unit`` for the whole job with rate and ETA; an exception in
-    ``compute`` raises :class:`ShardError` naming the stage and the item (under several ranks
-    the caller's :func:`specbridge.parallel.mpi.run_or_abort` aborts every rank). Returns the
-    list of results on rank 0, None elsewhere. The results travel through one gather with
-    pickle protocol 5 (``mpi4py.util.pkl5``: NumPy buffers out of band, messages over 2 GiB
-    allowed); they must fit in rank 0's memory together (manifest rows of files).
-    """
-    log = log or logging.getLogger(f"specbridge.{stage}")
+def _map_mine(stage: str, items: Sequence[Any], compute: Callable[[Any], Any], comm: Any,
+              log: logging.Logger, weights: Sequence[float] | None, unit: str
+              ) -> list[tuple[int, Any]]:
+    """This rank's share of ``items`` computed: [(item index, result)] in ascending order."""
     rank, size = comm_rank_size(comm)
     parts = weighted_partition([1.0] * len(items) if weights is None else weights, size)
     progress = _JobProgress(comm, log, stage, len(items), [len(p) for p in parts], unit=unit)
@@ -311,6 +299,28 @@ def map_gather(stage: str, items: Sequence[Any], compute: Callable[[Any], Any],
         progress.step(1)
         kill_point(stage, rank, k + 1)
     progress.finish()
+    return mine
+
+
+def map_gather(stage: str, items: Sequence[Any], compute: Callable[[Any], Any],
+               comm: Any = None, log: logging.Logger | None = None,
+               weights: Sequence[float] | None = None, unit: str = "items",
+               ) -> list[Any] | None:
+    """``[compute(item) for item in items]`` spread over the ranks of ``comm`` (None: one
+    process), the results gathered onto rank 0 in the order of ``items``.
+
+    The items are spread by ``weights`` (default 1 each) as :func:`run_shards` spreads shards;
+    rank 0 logs progress in ``unit`` for the whole job with rate and ETA; an exception in
+    ``compute`` raises :class:`ShardError` naming the stage and the item (under several ranks
+    the caller's :func:`specbridge.parallel.mpi.run_or_abort` aborts every rank). Returns the
+    list of results on rank 0, None elsewhere. The results travel through one gather with
+    pickle protocol 5 (``mpi4py.util.pkl5``: NumPy buffers out of band, messages over 2 GiB
+    allowed); they must fit in rank 0's memory together, twice. For rows of one dtype at
+    survey scale use :func:`map_gather_rows`.
+    """
+    log = log or logging.getLogger(f"specbridge.{stage}")
+    rank, _ = comm_rank_size(comm)
+    mine = _map_mine(stage, items, compute, comm, log, weights, unit)
     if comm is not None:
         from mpi4py.util import pkl5
 
@@ -323,6 +333,90 @@ def map_gather(stage: str, items: Sequence[Any], compute: Callable[[Any], Any],
     for part in everyone:
         for i, res in part:
             out[i] = res
+    return out
+
+
+#: bytes of rows one message of :func:`map_gather_rows` carries at most
+ROWS_MESSAGE_BYTES = 64 * 2**20
+
+
+def map_gather_rows(stage: str, items: Sequence[Any], compute: Callable[[Any], np.ndarray],
+                    dtype: np.dtype, comm: Any = None, log: logging.Logger | None = None,
+                    weights: Sequence[float] | None = None, unit: str = "items",
+                    message_bytes: int = ROWS_MESSAGE_BYTES,
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+    """As :func:`map_gather` for a ``compute`` that returns rows (structured array of
+    ``dtype``) per item, gathered in bounded memory: on rank 0 ``(rows, sizes)``, the rows
+    of every item concatenated in the order of ``items`` and ``sizes`` (n_items,) int64 the
+    rows of each; None elsewhere.
+
+    Rank 0 allocates the result once and copies its own rows in, freeing them as it goes;
+    then it receives every other rank's rows, rank by rank, in messages of at most
+    ``message_bytes`` (raw bytes, no pickle) and copies them to their places. Rank 0 holds
+    about the result's size plus one message, the other ranks their own rows plus one
+    message (not two copies of everything, as one gather would)."""
+    log = log or logging.getLogger(f"specbridge.{stage}")
+    dtype = np.dtype(dtype)
+    rank, size = comm_rank_size(comm)
+    mine = _map_mine(stage, items, compute, comm, log, weights, unit)
+    for _, res in mine:
+        if res.dtype != dtype:
+            raise TypeError(f"{stage}: rows of dtype {res.dtype}, expected {dtype}")
+    counts = [(i, int(res.size)) for i, res in mine]
+    every_count = comm.gather(counts, root=0) if comm is not None else [counts]
+    batches = _row_batches(mine, dtype.itemsize, message_bytes)
+    mine.clear()  # the batches hold the rows now, and let go of each as it is sent or copied
+    if rank != 0:
+        for k, batch in enumerate(batches):
+            comm.send([i for i, _ in batch], dest=0, tag=2 * k)
+            buf = np.concatenate([res for _, res in batch]) if batch else np.empty(0, dtype)
+            for j in range(len(batch)):
+                batch[j] = None  # this message's rows are in buf
+            comm.Send(buf.view(np.uint8), dest=0, tag=2 * k + 1)
+        comm.send(None, dest=0, tag=2 * len(batches))
+        return None
+    sizes = np.zeros(len(items), np.int64)
+    for part in every_count:
+        for i, n in part:
+            sizes[i] = n
+    start = np.concatenate([[0], np.cumsum(sizes)])
+    rows = np.empty(int(start[-1]), dtype)
+    for batch in batches:
+        for j, (i, res) in enumerate(batch):
+            rows[start[i]:start[i + 1]] = res
+            batch[j] = None
+    for src in range(1, size):
+        k = 0
+        while True:
+            ids = comm.recv(source=src, tag=2 * k)
+            if ids is None:
+                break
+            buf = np.empty(int(sizes[ids].sum()), dtype)
+            comm.Recv(buf.view(np.uint8), source=src, tag=2 * k + 1)
+            a = 0
+            for i in ids:
+                rows[start[i]:start[i + 1]] = buf[a:a + sizes[i]]
+                a += int(sizes[i])
+            k += 1
+    return rows, sizes
+
+
+def _row_batches(mine: list[tuple[int, np.ndarray]], itemsize: int, message_bytes: int
+                 ) -> list[list[Any]]:
+    """``mine`` split, in order, into lists of (index, rows) of at most ``message_bytes``
+    each (an item larger than that alone)."""
+    out: list[list[Any]] = []
+    cur: list[Any] = []
+    nbytes = 0
+    for i, res in mine:
+        b = int(res.size) * itemsize
+        if cur and nbytes + b > message_bytes:
+            out.append(cur)
+            cur, nbytes = [], 0
+        cur.append((i, res))
+        nbytes += b
+    if cur:
+        out.append(cur)
     return out
 
 

@@ -20,6 +20,7 @@ from specbridge.errors import UserError, describe
 from specbridge.io import desi
 from specbridge.io.labels import LabelTable, read_apogee_allstar, read_label_table
 from specbridge.io.manifest import (
+    COMPACT_DTYPE,
     GridRange,
     compact_part,
     expand_globs,
@@ -28,7 +29,7 @@ from specbridge.io.manifest import (
     write_manifest,
 )
 from specbridge.io.selection import Selection
-from specbridge.parallel.executor import map_gather
+from specbridge.parallel.executor import map_gather_rows
 from specbridge.parallel.mpi import bcast_from_rank0, comm_rank_size, rank0_logger, run_or_abort
 from specbridge.stages import declared
 
@@ -98,7 +99,7 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     (default: the config's) and write the manifest FITS ``outputs['manifest']``.
 
     ``comm``: MPI communicator or None. Under several ranks the files are spread over them
-    (:func:`specbridge.parallel.executor.map_gather`); rank 0 gathers the rows in input
+    (:func:`specbridge.parallel.executor.map_gather_rows`); rank 0 gathers the rows in input
     order, does what needs every row at once (selection, duplicates, cross-match) and writes
     the one manifest, identical row for row to a one-process run."""
     cfg = declared(cfg, CONFIG_SECTIONS)
@@ -139,18 +140,18 @@ def _scan_and_write(cfg: dict[str, Any], survey: str, files: list[str], weights:
     grid = GridRange.from_config(cfg["grid"])
     log.info("%d %s files over %d rank(s)", len(files), survey, size)
     t_scan = time.monotonic()
-    parts = map_gather(f"manifest {survey}", files,
-                       lambda path: compact_part(survey, scan_file(survey, path, zlookup, grid),
-                                                 selection), comm, log,
-                       weights=weights, unit="files")
+    gathered = map_gather_rows(
+        f"manifest {survey}", files,
+        lambda path: compact_part(survey, scan_file(survey, path, zlookup, grid), selection),
+        COMPACT_DTYPE, comm, log, weights=weights, unit="files")
     dt_scan = time.monotonic() - t_scan
     peak_scan = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     if rank != 0:
         comm.gather(peak_scan, root=0)
         return 0
-    manifest = finish_compact(survey, files, parts, labels,
+    manifest = finish_compact(survey, files, *gathered, labels,
                               cfg["data"]["crossmatch"]["radius_arcsec"])
-    del parts
+    del gathered
     write_manifest(outputs["manifest"], manifest,
                    {"SURVEY": survey, "LABELS": str(labels.source) if labels else ""})
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
