@@ -316,6 +316,22 @@ def test_compact_manifest_written_in_blocks_equals_the_full_rows(shared_data, tm
             == rows.size > 7)
 
 
+def test_finishing_in_chunks_equals_all_at_once(small_mock, monkeypatch):
+    """Rank 0 cross-matches and keys the rows in chunks (bounded temporaries at 10^7 rows):
+    the same manifest as in one piece."""
+    import specbridge.io.manifest as m
+
+    labels = read_apogee_allstar(small_mock["labels"])
+    files = small_mock["desi"]
+    parts = [m.compact_part("desi", m.scan_file("desi", f)) for f in files]
+    sizes = np.array([p.size for p in parts])
+    whole = m.finish_compact("desi", files, np.concatenate(parts), sizes, labels).rows
+    monkeypatch.setattr(m, "FINISH_CHUNK", 7)
+    chunked = m.finish_compact("desi", files, np.concatenate(parts), sizes, labels).rows
+    assert whole.size > 7 * 3 and (whole["LABEL_ID"] != b"").sum() > 3
+    assert chunked.tobytes() == whole.tobytes()
+
+
 def test_manifest_cli(shared_data, tmp_path, tool_env):
     folder = shared_data / "lamost" / "mdwarfs_labelled"
     out = tmp_path / "m.fits"

@@ -83,6 +83,8 @@ DISK_DTYPE = np.dtype([(name, dt.replace("U", "S")) for name, dt, _, _ in COLUMN
 COMPACT_DTYPE = np.dtype([(name, DISK_DTYPE[name]) for name in DISK_DTYPE.names
                           if name != "FILE"])
 SYNTHETIC_ID_OFFSET = 10**12
+#: rows cross-matched and keyed at a time on rank 0 (bounds the temporaries of those steps)
+FINISH_CHUNK = 500_000
 LABEL_COLUMNS = {lab.name: lab.column for lab in LABELS}
 
 
@@ -437,12 +439,17 @@ def finish_compact(survey: str, files: Sequence[str], rows: np.ndarray, sizes: n
     no_id = (rows["FLAGS"] & flags.flag("NO_ID")) != 0
     rows["SPECID"][no_id] = -(SYNTHETIC_ID_OFFSET + np.flatnonzero(no_id))
     flag_duplicates(rows)
-    names = None
+    by_file = None
     if labels is not None and labels.file is not None:
-        names = np.array([Path(f).name for f in files] or [""], dtype=str)[file_idx]
-    attach_labels(rows, labels, radius_arcsec, file_names=names)
-    rows["STAR_KEY"] = star_keys(rows["LABEL_ID"], rows["GAIA_ID"], rows["RA"], rows["DEC"],
-                                 rows["SPECID"])
+        by_file = np.array([Path(f).name for f in files] or [""], dtype=str)
+    # the cross-match and the star keys are row by row: in chunks, so that their temporaries
+    # (tens of bytes a row each) do not scale with the survey
+    for a in range(0, rows.size, FINISH_CHUNK):
+        sub = rows[a:a + FINISH_CHUNK]  # a view: filled in place
+        names = None if by_file is None else by_file[file_idx[a:a + FINISH_CHUNK]]
+        attach_labels(sub, labels, radius_arcsec, file_names=names)
+        sub["STAR_KEY"] = star_keys(sub["LABEL_ID"], sub["GAIA_ID"], sub["RA"], sub["DEC"],
+                                    sub["SPECID"])
     return CompactManifest(rows, list(files), file_idx)
 
 
