@@ -79,6 +79,13 @@ def names(value: int) -> list[str]:
     return [f.name for f in FLAG_BITS if value & f.value]
 
 
+def counts(values: np.ndarray) -> dict[str, int]:
+    """{name: rows with that bit set} over an integer array of flag values, every bit in
+    table order (0 where none)."""
+    arr = np.asarray(values, dtype=np.int64)
+    return {f.name: int(((arr & f.value) != 0).sum()) for f in FLAG_BITS}
+
+
 def decode(values: np.ndarray | int, sep: str = ",") -> np.ndarray:
     """The bit names of each value of an integer array (any shape), joined by ``sep``, as a
     str array of the same shape ('' for 0): what a FLAG_NAMES column would hold, derived from

@@ -7,6 +7,7 @@ docs/datamodel/manifest.md.
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import math
@@ -411,13 +412,17 @@ class CompactManifest:
     def size(self) -> int:
         return int(self.rows.size)
 
+    @functools.cached_property
+    def _file_column(self) -> np.ndarray:
+        """The paths as the FILE column stores them (converted once, not per block)."""
+        return np.asarray(self.files or [""], dtype=DISK_DTYPE["FILE"])
+
     def block(self, a: int, b: int, dtype: np.dtype = DISK_DTYPE) -> np.ndarray:
         """Rows ``a:b`` with FILE, as ``dtype`` (:data:`DISK_DTYPE` or :data:`DTYPE`)."""
         out = np.empty(b - a, dtype)
         for name in COMPACT_DTYPE.names:
             out[name] = self.rows[name][a:b]
-        out["FILE"] = np.asarray(self.files, dtype=dtype["FILE"])[self.file_idx[a:b]] \
-            if self.files else ""
+        out["FILE"] = self._file_column[self.file_idx[a:b]]
         return out
 
     def to_rows(self) -> np.ndarray:

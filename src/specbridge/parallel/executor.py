@@ -364,9 +364,9 @@ def map_gather_rows(stage: str, items: Sequence[Any], compute: Callable[[Any], n
             raise TypeError(f"{stage}: rows of dtype {res.dtype}, expected {dtype}")
     counts = [(i, int(res.size)) for i, res in mine]
     every_count = comm.gather(counts, root=0) if comm is not None else [counts]
-    batches = _row_batches(mine, dtype.itemsize, message_bytes)
-    mine.clear()  # the batches hold the rows now, and let go of each as it is sent or copied
     if rank != 0:
+        batches = _row_batches(mine, dtype.itemsize, message_bytes)
+        mine.clear()  # the batches hold the rows now, and let go of each as it is sent
         for k, batch in enumerate(batches):
             comm.send([i for i, _ in batch], dest=0, tag=2 * k)
             buf = np.concatenate([res for _, res in batch]) if batch else np.empty(0, dtype)
@@ -381,10 +381,9 @@ def map_gather_rows(stage: str, items: Sequence[Any], compute: Callable[[Any], n
             sizes[i] = n
     start = np.concatenate([[0], np.cumsum(sizes)])
     rows = np.empty(int(start[-1]), dtype)
-    for batch in batches:
-        for j, (i, res) in enumerate(batch):
-            rows[start[i]:start[i + 1]] = res
-            batch[j] = None
+    for j, (i, res) in enumerate(mine):
+        rows[start[i]:start[i + 1]] = res
+        mine[j] = None  # copied: let go of it
     for src in range(1, size):
         k = 0
         while True:

@@ -6,15 +6,12 @@ and writes the one manifest."""
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import resource
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from specbridge import flags
 from specbridge.errors import UserError, describe
@@ -161,13 +158,9 @@ def _scan_and_write(cfg: dict[str, Any], survey: str, files: list[str], weights:
     peaks = comm.gather(peak_mb, root=0) if comm is not None else [peak_mb]
     rows = manifest.rows
     dt = time.monotonic() - t0
-    values, n_of = np.unique(rows["FLAGS"], return_counts=True)
-    counts: collections.Counter[str] = collections.Counter()
-    for v, c in zip(values, n_of, strict=True):
-        for name in flags.names(int(v)):
-            counts[name] += int(c)
+    counts = {k: n for k, n in flags.counts(rows["FLAGS"]).items() if n}
     nfatal = int(flags.is_fatal(rows["FLAGS"]).sum())
-    nsel = int((rows["FLAGS"] & flags.flag("NOT_SELECTED") != 0).sum())
+    nsel = counts.get("NOT_SELECTED", 0)
     log.info("%d files -> %d spectra in %.1f s (scan %.1f s: %.0f files/s, %.0f files/s per "
              "rank over %d rank(s)); %d usable, %d with a fatal flag (%d not selected)",
              len(files), rows.size, dt, dt_scan, len(files) / max(dt_scan, 1e-9),

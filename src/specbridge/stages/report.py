@@ -94,7 +94,7 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     figures.residual_vs_feh(figdir / FIGURES[1], ev["ref"], shown, labels, feh_ref, thr)
     figures.regime_sigma(figdir / FIGURES[2], ev["metrics"], labels, [*cands, "routed"])
     p = ev["vac"]["PARAMS"]
-    counts = {f.name: int(((p["FLAGS"] & f.value) != 0).sum()) for f in flags.FLAG_BITS}
+    counts = flags.counts(p["FLAGS"])
     figures.vac_overview(figdir / FIGURES[3], p, labels, {k: v for k, v in counts.items() if v})
     text = page_html(vac_path=inputs["vac"], params=p, metrics=ev["metrics"],
                      selection=ev["selection"], summary=summary, labels=labels,
