@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from specbridge.parallel import detect_dist_env, expand_hostlist
 
 
@@ -60,3 +62,15 @@ def test_local_world_size():
     assert local_world_size(e, {"MPI_LOCALNRANKS": "4"}) == 4
     assert local_world_size(e, {"SLURM_STEP_TASKS_PER_NODE": "2(x4)"}) == 2
     assert local_world_size(e, {}) == 8
+
+
+def test_nccl_needs_one_gpu_per_rank():
+    from specbridge.errors import UserError
+    from specbridge.parallel.ddp import check_gpus_per_rank
+
+    check_gpus_per_rank(4, 4)
+    check_gpus_per_rank(1, 8)
+    with pytest.raises(UserError, match="2 ranks on this node share 1 GPU"):
+        check_gpus_per_rank(2, 1)
+    with pytest.raises(UserError, match="has none"):
+        check_gpus_per_rank(1, 0)

@@ -200,3 +200,35 @@ def test_embeddings_and_embedding_mlp(lamost_index, tmp_path, tool_env, mpiexec)
     ck = load_checkpoint(tmp_path / "emb_mlp.pt", ("emb_mlp",)).meta
     for lab in ("teff", "feh"):
         assert ck["val_robust_sigma"][lab] < 0.8 * ck["val_label_spread"][lab], ck
+
+
+def test_prefetched_keeps_order_raises_and_stops_early():
+    from specbridge.training.loop import prefetched
+
+    assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise OSError("shard unreadable")
+
+    got = []
+    with pytest.raises(OSError, match="shard unreadable"):
+        for x in prefetched(broken()):
+            got.append(x)
+    assert got == [1]
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    gen = prefetched(endless(), depth=2)
+    assert [next(gen) for _ in range(3)] == [0, 1, 2]
+    gen.close()  # stops the reader: it produces at most a few items ahead, then ends
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n <= 3 + 2 + 2

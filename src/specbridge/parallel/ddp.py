@@ -175,6 +175,20 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def check_gpus_per_rank(local_ranks: int, gpus: int) -> None:
+    """Raise :class:`UserError` unless each of this node's ``local_ranks`` ranks can have a GPU
+    of its own (nccl refuses two ranks on one GPU, with an error that names neither the
+    cause nor the fix)."""
+    from specbridge.errors import UserError
+
+    if gpus == 0:
+        raise UserError("the nccl backend needs CUDA GPUs, and this node has none")
+    if local_ranks > gpus:
+        raise UserError(f"{local_ranks} ranks on this node share {gpus} GPU(s): nccl needs one "
+                        "GPU per rank; start at most one rank per GPU (SLURM: "
+                        "--ntasks-per-node equal to --gpus-per-node)")
+
+
 def init_distributed(env: DistEnv | None = None, backend: str | None = None,
                      timeout_s: float = 300.0) -> tuple[DistEnv, Any]:
     """Initialise the default torch.distributed process group for this process.
@@ -189,6 +203,7 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None,
     env = env or detect_dist_env()
     backend = backend or default_backend()
     if backend == "nccl":
+        check_gpus_per_rank(local_world_size(env), torch.cuda.device_count())
         device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:

@@ -8,9 +8,11 @@ Generator seeded from (seed, epoch), so a resumed run repeats the interrupted ep
 from __future__ import annotations
 
 import logging
+import queue
 import random
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,8 +221,9 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
         _seed_epoch(settings.seed, epoch, env.rank)
         net.train()
         t0 = time.monotonic()
-        tot, nsamp, nbatch = 0.0, 0, 0
-        for batch in train_batches(epoch):
+        tot = torch.zeros((), device=device)  # summed on the device: no sync per step
+        nsamp, nbatch = 0, 0
+        for batch in prefetched(train_batches(epoch)):
             with autocast:
                 s, cnt = loss_sum(net, batch)
             count = torch.tensor([float(cnt)], device=device)
@@ -236,7 +239,7 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
                 sched.step()
             # this rank's mean loss per sample (loss is scaled by world for DDP's averaging of
             # gradients over the ranks, which applies to them only)
-            tot += float(loss.detach()) * float(count) / (world * max(int(cnt), 1))
+            tot += loss.detach().float().sum() * count[0] / (world * max(int(cnt), 1))
             nsamp += batch_size_of(batch)
             nbatch += 1
             steps += 1
@@ -253,7 +256,7 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
             state.best_val, state.best_epoch, state.bad_epochs = val, epoch, 0
         else:
             state.bad_epochs += 1
-        rec = {"epoch": epoch, "train_loss": tot / max(nbatch, 1), "val_loss": val,
+        rec = {"epoch": epoch, "train_loss": float(tot) / max(nbatch, 1), "val_loss": val,
                "samples_per_s_per_rank": nsamp / max(dt, 1e-9),
                "lr": float(opt.param_groups[0]["lr"])}
         state.history.append(rec)
@@ -268,6 +271,48 @@ def train(model: nn.Module, loss_sum: Callable[[nn.Module, Any], tuple[torch.Ten
             dist.barrier()
     raw.load_state_dict(load_checkpoint(workdir / "best.pt", (RESUME_KIND,)).state_dict)
     return raw, state
+
+
+def prefetched(batches: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """The items of ``batches`` in order, read ahead by up to ``depth`` items in a background
+    thread, so that the next batches' shard reads overlap the current step (on a GPU the step
+    is otherwise left waiting for the disk). An exception in the reader is raised here; closing
+    the generator early stops the reader."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in batches:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put((end, exc))
+
+    reader = threading.Thread(target=read, name="batch-prefetch", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is end:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        reader.join(timeout=5)
 
 
 def batch_size_of(batch: Any) -> int:
