@@ -199,3 +199,21 @@ def test_verdict_rules_and_degenerate_inputs():
     assert np.isnan(bootstrap_interval("bias", [], n_boot=20)).all()
     with pytest.raises(ValueError):
         bootstrap_interval("robust_sigma", [1.0, 2.0, 3.0], level=68)
+
+
+def test_paired_ratio_known_answers():
+    from specbridge.evaluation.bootstrap import paired_ratio
+
+    rng = np.random.default_rng(3)
+    b = rng.normal(0, 1, 4000)
+    # a is b scaled by 1.5: the ratio is 1.5 on every resample, whatever the stars drawn
+    r = paired_ratio("robust_sigma", 1.5 * b, b, n_boot=300, level=0.95)
+    assert r.ratio == pytest.approx(1.5) and r.lo == pytest.approx(1.5)
+    assert r.hi == pytest.approx(1.5) and r.verdict == "no"
+    # independent residuals of equal spread: 1 inside the interval, about 2x2.2 % wide at 95 %
+    c = rng.normal(0, 1, 4000)
+    r = paired_ratio("robust_sigma", c, b, n_boot=500, level=0.95)
+    assert r.lo < 1 < r.hi and r.verdict == "not significant"
+    assert 0.03 < r.hi - r.lo < 0.15
+    r = paired_ratio("robust_sigma", 0.8 * c, b, n_boot=500, level=0.95)
+    assert r.hi < 1 and r.verdict == "yes"

@@ -232,3 +232,27 @@ def test_prefetched_keeps_order_raises_and_stops_early():
     n = len(produced)
     time.sleep(0.3)
     assert len(produced) == n <= 3 + 2 + 2
+
+
+def test_n_labelled_trains_on_a_nested_subset_of_stars(lamost_index, tmp_path, tool_env):
+    from specbridge.training.data import LabelledShards
+
+    cfg = _config(tmp_path, epochs=1)
+    full = LabelledShards(str(lamost_index), ["teff", "logg", "feh", "alpha_fe"], "train",
+                          0.15)
+    for n in (60, 120):
+        p = subprocess.run(["specbridge", "pretrain", "--config", str(cfg), "--model", "mlp",
+                            "--spectra", str(lamost_index), "--output",
+                            str(tmp_path / f"n{n}.pt"), "--n-labelled", str(n)],
+                           capture_output=True, text=True, env=tool_env, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        meta = load_checkpoint(tmp_path / f"n{n}.pt").meta
+        assert meta["n_train_spectra"] == n < full.n
+        assert meta["n_val_spectra"] == LabelledShards(
+            str(lamost_index), ["teff"], "val", 0.15).n  # validation is never cut
+    small = LabelledShards(str(lamost_index), ["teff", "logg", "feh", "alpha_fe"], "train",
+                           0.15, max_rows=60)
+    large = LabelledShards(str(lamost_index), ["teff", "logg", "feh", "alpha_fe"], "train",
+                           0.15, max_rows=120)
+    for a, b in zip(small.rows, large.rows, strict=True):
+        assert np.isin(a, b).all()  # the smaller set is a subset of the larger one

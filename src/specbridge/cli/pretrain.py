@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
                         {"spectra": args.spectra, "embeddings": args.embeddings,
                          "holdout": args.holdout},
                         {"checkpoint": args.output, "workdir": args.workdir},
-                        model=args.model, epochs=args.epochs)
+                        model=args.model, epochs=args.epochs, n_labelled=args.n_labelled)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,4 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="checkpoint to write")
     p.add_argument("--workdir", help="checkpoints for resuming (default: beside --output)")
     p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("--n-labelled", type=int, metavar="N",
+                   help="override training.max_labelled: train mlp/emb_mlp on at most N "
+                        "labelled spectra (label-efficiency sweeps)")
     p.set_defaults(func=run)

@@ -54,6 +54,16 @@ class PairedDifference(NamedTuple):
     verdict: str
 
 
+class PairedRatio(NamedTuple):
+    """stat(a) / stat(b), its interval, and whether a is lower than b beyond the interval:
+    "yes", "no" or "not significant"."""
+
+    ratio: float
+    lo: float
+    hi: float
+    verdict: str
+
+
 def _median_axis(x: np.ndarray, axis: int = -1) -> np.ndarray:
     x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
     return median_rows(x.reshape(-1, x.shape[-1])).reshape(x.shape[:-1])
@@ -285,3 +295,32 @@ def paired_difference(stat: str | Callable, a_resid: Any, b_resid: Any, groups: 
             - _score(_replicates(name, stat, [b], idx), better))
     lo, hi = _percentiles(reps, level)
     return PairedDifference(diff, lo, hi, verdict(lo, hi, better))
+
+
+def paired_ratio(stat: str | Callable, a_resid: Any, b_resid: Any, groups: Any = None,
+                 n_boot: int = 1000, level: float = 0.68,
+                 seed: int | np.random.Generator = 0) -> PairedRatio:
+    """(ratio, lo, hi, verdict) of stat(a) / stat(b) on the same resampled stars.
+
+    As :func:`paired_difference`, with the ratio in place of the difference (for scale
+    statistics such as robust sigma, where "within 1.5x" is the question). Verdict: "yes" if
+    a is lower beyond the interval (hi < 1), "no" if higher beyond it (lo > 1), "not
+    significant" otherwise.
+    """
+    _check(level, n_boot)
+    name = _vectorised_name(stat, 1)
+    a, b = np.asarray(a_resid, np.float64), np.asarray(b_resid, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"residuals of shapes {a.shape} and {b.shape}: need one (n,) shape")
+    ok = _finite_rows([a, b])
+    a, b = a[ok], b[ok]
+    if a.size == 0:
+        return PairedRatio(float("nan"), float("nan"), float("nan"), "not significant")
+    g = None if groups is None else np.asarray(groups)[ok]
+    one = VECTORISED[name][0] if name else stat
+    ratio = float(one(a) / one(b))
+    idx = resample_indices(a.size, g, n_boot, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reps = _replicates(name, stat, [a], idx) / _replicates(name, stat, [b], idx)
+    lo, hi = _percentiles(reps, level)
+    return PairedRatio(ratio, lo, hi, verdict(lo - 1.0, hi - 1.0, "lower"))

@@ -31,7 +31,8 @@ log = logging.getLogger("specbridge.pretrain")
 
 
 def run(cfg: Mapping[str, Any], inputs: Mapping[str, Any], outputs: Mapping[str, Any],
-        comm: Any = None, *, model: str, epochs: int | None = None) -> int:
+        comm: Any = None, *, model: str, epochs: int | None = None,
+        n_labelled: int | None = None) -> int:
     """Pretrain ``model`` (one of :data:`MODELS`) and write ``outputs['checkpoint']`` (rank 0).
 
     inputs: ``spectra`` (index HDF5 of preprocessed LAMOST spectra), ``embeddings`` (index HDF5
@@ -39,13 +40,16 @@ def run(cfg: Mapping[str, Any], inputs: Mapping[str, Any], outputs: Mapping[str,
     of the preprocessed DESI spectra; LAMOST spectra of stars in its validation or test split,
     by ``finetune.val_fraction``/``test_fraction``, are left out of pretraining). outputs:
     ``checkpoint``, optional ``workdir`` for the resumable checkpoints (default: the
-    checkpoint path without suffix). ``epochs`` overrides ``training.epochs``. ``comm`` is
-    unused (ranks join through torch DDP). Returns 0; UserError for unusable inputs.
+    checkpoint path without suffix). ``epochs`` overrides ``training.epochs`` and
+    ``n_labelled`` ``training.max_labelled``. ``comm`` is unused (ranks join through torch
+    DDP). Returns 0; UserError for unusable inputs.
     """
     cfg = declared(cfg, CONFIG_SECTIONS)
     if epochs is not None:
         sf = {**cfg["training"].get("specformer", {}), "epochs": epochs}
         cfg["training"] = {**cfg["training"], "epochs": epochs, "specformer": sf}
+    if n_labelled is not None:
+        cfg["training"] = {**cfg["training"], "max_labelled": n_labelled}
     if model not in MODELS:
         raise UserError(f"unknown model {model!r}; one of {MODELS}")
     if model == "emb_mlp" and not inputs.get("embeddings"):
@@ -93,12 +97,13 @@ def _labelled_splits(source: str, labels: list[str], tr: Mapping[str, Any], feat
                      held: np.ndarray | None = None
                      ) -> tuple[LabelledShards, LabelledShards]:
     """Training and validation rows with labels of the index ``source``, without the stars
-    ``held``; UserError when there are fewer training rows than one batch or no validation
+    ``held`` (training rows: at most ``training.max_labelled``, by a hash of the star);
+    UserError when there are fewer training rows than one batch or no validation
     row."""
     from specbridge.training.data import LabelledShards
 
     train_set = LabelledShards(source, labels, "train", tr["val_fraction"], feature=feature,
-                               exclude_stars=held)
+                               exclude_stars=held, max_rows=tr.get("max_labelled"))
     val_set = LabelledShards(source, labels, "val", tr["val_fraction"], feature=feature,
                              exclude_stars=held)
     if train_set.n < tr["batch_size"] or val_set.n == 0:
@@ -162,7 +167,8 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
         meta = {"labels": labels, "label_mean": mean, "label_std": std,
                 "label_support": _label_support(cfg, train_set.labels),
                 "history": state.history, "val_robust_sigma": sig, "val_label_spread": spread,
-                "best_epoch": state.best_epoch, "n_excluded_holdout": n_held}
+                "best_epoch": state.best_epoch, "n_excluded_holdout": n_held,
+                "n_train_spectra": train_set.n, "n_val_spectra": val_set.n}
         _write(outputs["checkpoint"], model, arch, net, meta, cfg, state.best_epoch)
 
 
