@@ -163,6 +163,9 @@ def figure(table, path: Path) -> None:
                             capsize=2)
             ax.axhline(1, color="grey", lw=0.8, ls="--")
             ax.set_xscale("log")
+            ns = sorted(set(np.asarray(table["n_labelled"]).tolist()))
+            ax.set_xticks(ns, [f"{n:,}" for n in ns], fontsize=7, rotation=45)
+            ax.minorticks_off()
             ax.set_title(f"{lab}, {strat}", fontsize=9)
             if j == 0:
                 ax.set_ylabel("sigma embedding / spectrum")
@@ -187,8 +190,16 @@ def main(argv=None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--work", type=Path, help="keep the checkpoints here (default: temporary)")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw the table and figure from --out's label_efficiency.ecsv")
     args = ap.parse_args(argv)
     from astropy.table import Table
+
+    if args.replot:
+        table = Table.read(args.out / "label_efficiency.ecsv", format="ascii.ecsv")
+        (args.out / "label_efficiency.md").write_text(markdown(table))
+        figure(table, args.out / "label_efficiency.png")
+        return 0
 
     args.config = args.config or args.results / "config" / "resolved.yaml"
     out = args.out or args.results / "benchmarks" / "label_efficiency"
