@@ -217,3 +217,29 @@ def test_scoreboard_carries_the_few_label_calibration(board):
         assert abs(r["bias_after"]) < abs(r["bias_before"]) / 4
     assert not [r for r in rows if r["set"] == "tiny"]   # 4 stars: too few to hold out
     assert "## Calibration on a few real labels" in out["markdown"].read_text()
+
+
+def test_label_efficiency_table_in_the_report(tmp_path):
+    from astropy.table import Table
+
+    from specbridge.errors import UserError
+    from specbridge.report.page import label_efficiency_section
+    from specbridge.stages.report import read_label_efficiency
+
+    rows = [{"strategy": "zeroshot", "n_labelled": n, "label": "feh", "unit": "dex",
+             "regime": "all", "n_test": 700, "sigma_spectrum": 0.1, "sigma_embedding": 0.15,
+             "ratio": 1.5, "ratio_lo": 1.4, "ratio_hi": 1.61, "embedding_better": "no"}
+            for n in (250, 500)]
+    path = tmp_path / "label_efficiency.ecsv"
+    t = Table(rows=rows)
+    t.meta["level"] = 0.95
+    t.write(path, format="ascii.ecsv")
+    (tmp_path / "label_efficiency.png").write_bytes(b"\x89PNG")
+    page = "\n".join(label_efficiency_section(read_label_efficiency(str(path)),
+                                              tmp_path / "report"))
+    assert "1.50 [1.40, 1.61]" in page and page.count("<tr>") == 3  # header + 2 rows
+    assert "95 %" in page and "../label_efficiency.png" in page
+    assert label_efficiency_section(None, tmp_path) == []
+    Table(rows=[{"a": 1}]).write(tmp_path / "other.ecsv", format="ascii.ecsv")
+    with pytest.raises(UserError, match="not a label-efficiency table"):
+        read_label_efficiency(str(tmp_path / "other.ecsv"))

@@ -211,6 +211,17 @@ def real_args(wildcards, input):
     return f"--real {' '.join(input.real)}" if real_sets() else ""
 
 
+def label_efficiency_input(wildcards=None):
+    """The label-efficiency benchmark's table for the report, when configured."""
+    path = config["evaluation"].get("label_efficiency")
+    return [path] if path else []
+
+
+def label_efficiency_arg(wildcards, input):
+    """--label-efficiency and the table, when configured."""
+    return f"--label-efficiency {input.label_efficiency}" if input.label_efficiency else ""
+
+
 # ---- final products --------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ rule report:
         real=real_tables,
         scoreboard=out("evaluation", "real_scoreboard.ecsv"),
         specformer=pretrained("specformer"),
+        label_efficiency=label_efficiency_input,
     output:
         html=out("report", "index.html"),
         one_to_one=report(
@@ -39,6 +40,7 @@ rule report:
         config=CONFIG_FILE,
         settings=stage_settings("report"),
         real=real_args,
+        label_efficiency=label_efficiency_arg,
     log:
         log_path("report"),
     benchmark:
@@ -57,7 +59,7 @@ rule report:
         "--predictions {input.predictions} --calibration {input.calibration} "
         "--vac {input.vac} {params.real} "
         "--scoreboard {input.scoreboard} --specformer {input.specformer} "
-        "--output {output.html} "
+        "{params.label_efficiency} --output {output.html} "
         "> {log} 2>&1"
 
 

@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = {"metrics": args.metrics, "selection": args.selection, "summary": args.summary,
               "predictions": args.predictions, "vac": args.vac, "real": args.real,
               "scoreboard": args.scoreboard, "calibration": args.calibration,
-              "specformer": args.specformer}
+              "specformer": args.specformer, "label_efficiency": args.label_efficiency}
     return report.run(config_from_args(args), inputs, {"page": args.output})
 
 
@@ -34,5 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scoreboard", help="scoreboard of the real sets (ECSV of scoreboard)")
     p.add_argument("--specformer", help="pretrained SpecFormer checkpoint (its embedding "
                    "quality and out-of-domain settings are shown)")
+    p.add_argument("--label-efficiency", metavar="ECSV",
+                   help="label_efficiency.ecsv of benchmarks/label_efficiency.py (its figure "
+                        "beside it): shown as its own section")
     p.add_argument("--output", required=True, help="report HTML page (figures beside it)")
     p.set_defaults(func=run)

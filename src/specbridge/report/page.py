@@ -48,6 +48,36 @@ def real_sections(tables: list[str], report_dir: Path) -> list[str]:
     return parts
 
 
+def label_efficiency_section(table: Any, report_dir: Path) -> list[str]:
+    """HTML of the label-efficiency benchmark (``benchmarks/label_efficiency.py``): the ratio
+    of robust sigma, embedding MLP / spectrum MLP, per strategy, N, label and regime with its
+    interval, and the figure beside the table's file. [] without a table."""
+    if table is None:
+        return []
+    from astropy.table import Table
+
+    rows = []
+    for r in table:
+        rows.append((r["strategy"], int(r["n_labelled"]), r["label"], r["regime"],
+                     int(r["n_test"]), f"{r['sigma_spectrum']:.3g}",
+                     f"{r['sigma_embedding']:.3g}",
+                     f"{r['ratio']:.2f} [{r['ratio_lo']:.2f}, {r['ratio_hi']:.2f}]",
+                     r["embedding_better"]))
+    shown = Table(rows=rows, names=["strategy", "N labelled", "label", "regime", "n test",
+                                    "sigma spectrum", "sigma embedding",
+                                    "ratio [95 % interval]", "embedding better"])
+    parts = ["<h2>Label efficiency: embeddings against the spectrum</h2>",
+             f"<p>The spectrum MLP and the MLP on SpecFormer embeddings trained on N labelled "
+             f"LAMOST spectra (the same stars for both), zero-shot and fine-tuned on DESI; test "
+             f"robust sigma and their ratio with its {100 * table.meta.get('level', 0.95):g} % "
+             f"interval over stars. From <code>{html.escape(str(table.meta.get('path', '')))}"
+             "</code> (benchmarks/label_efficiency.py).</p>"]
+    fig = Path(str(table.meta.get("path", ""))).with_suffix(".png")
+    if fig.exists():
+        parts.append(f"<img src='{html.escape(os.path.relpath(fig, report_dir))}'>")
+    return [*parts, table_html(shown)]
+
+
 def scoreboard_section(board: Any) -> list[str]:
     """HTML of the real-data scoreboard (astropy Table of the scoreboard stage; None: no
     section): the whole-set rows, then the cells by S/N bin and regime."""
@@ -78,7 +108,8 @@ _STYLE = ("<style>body{font-family:sans-serif;max-width:1400px;margin:auto}"
 def page_html(*, vac_path: str, params: Any, metrics: Any, selection: Any, summary: Any,
               labels: list[str], shown: tuple[str, str], threshold: float, router: str,
               real: list[str], report_dir: Path, scoreboard: Any = None,
-              calibration: Any = None, foundation: dict[str, Any] | None = None) -> str:
+              calibration: Any = None, foundation: dict[str, Any] | None = None,
+              label_efficiency: Any = None) -> str:
     """The report page: the real sets' scoreboard, answers, selection, figures (named by
     :data:`FIGURES`, beside the page), per-label tables by regime, the catalogue's overview
     and the real sets' summaries and figures.
@@ -86,7 +117,8 @@ def page_html(*, vac_path: str, params: Any, metrics: Any, selection: Any, summa
     drawn in the one-to-one figure, ``threshold`` the regime split in [Fe/H] (dex),
     ``scoreboard`` the real sets' scoreboard table (None: no such section),
     ``calibration`` the evaluation's error recalibration table (None: no such section),
-    ``foundation`` the pretrained SpecFormer's metadata (None: no such section).
+    ``foundation`` the pretrained SpecFormer's metadata (None: no such section),
+    ``label_efficiency`` the label-efficiency benchmark's table (None: no such section).
     Intervals are written ``value [lo, hi]``."""
     from specbridge import flags
     from specbridge.evaluation.markdown import ANSWER_COLUMNS, SELECTION_SHOWN, _with_ci
@@ -139,6 +171,7 @@ def page_html(*, vac_path: str, params: Any, metrics: Any, selection: Any, summa
         parts += [f"<h3>{html.escape(lab)} ({html.escape(str(t['unit'][0]))})</h3>",
                   table_html(compact(t, _with_ci(t, cols)))]
     parts += foundation_section(foundation, params)
+    parts += label_efficiency_section(label_efficiency, report_dir)
     parts += ["<h2>The catalogue</h2>", f"<img src='{FIGURES[3]}'>"]
     parts += real_sections(real, report_dir)
     parts.append("</body></html>")

@@ -67,6 +67,25 @@ def read_foundation(path: str | None) -> dict[str, Any] | None:
         raise UserError(f"cannot read {path}: {describe(exc)}") from None
 
 
+def read_label_efficiency(path: str | None) -> Any:
+    """The label-efficiency benchmark's table (None without a path); its path in meta."""
+    if not path:
+        return None
+    from astropy.table import Table
+
+    try:
+        t = Table.read(path, format="ascii.ecsv")
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{path}: cannot read the label-efficiency table: "
+                        f"{describe(exc)}") from None
+    missing = {"strategy", "n_labelled", "label", "regime", "ratio", "ratio_lo",
+               "ratio_hi"} - set(t.colnames)
+    if missing:
+        raise UserError(f"{path}: not a label-efficiency table (no {sorted(missing)})")
+    t.meta["path"] = str(path)
+    return t
+
+
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
         comm: Any = None) -> int:
     """The report page ``outputs['page']`` (figures beside it) from the evaluation's
@@ -74,7 +93,8 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     ``['calibration']``, optional), the VAC
     ``inputs['vac']``, the real-set tables ``inputs['real']`` (list, may be empty) and their
     scoreboard ``inputs['scoreboard']`` (ECSV of the scoreboard stage; optional) and the
-    pretrained SpecFormer ``inputs['specformer']`` (optional: the foundation-model section)."""
+    pretrained SpecFormer ``inputs['specformer']`` (optional: the foundation-model section) and
+    the label-efficiency benchmark's table ``inputs['label_efficiency']`` (optional)."""
     from specbridge import flags
     from specbridge.report import figures
 
@@ -103,7 +123,8 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
                      real=inputs.get("real") or [], report_dir=out.parent,
                      scoreboard=read_scoreboard(inputs.get("scoreboard")),
                      calibration=ev["calibration"],
-                     foundation=read_foundation(inputs.get("specformer")))
+                     foundation=read_foundation(inputs.get("specformer")),
+                     label_efficiency=read_label_efficiency(inputs.get("label_efficiency")))
     with atomic_output(out) as tmp:
         Path(tmp).write_text(text)
     log.info("wrote %s and %d figures", out, len(FIGURES))
