@@ -74,3 +74,17 @@ def test_nccl_needs_one_gpu_per_rank():
         check_gpus_per_rank(2, 1)
     with pytest.raises(UserError, match="has none"):
         check_gpus_per_rank(1, 0)
+
+
+def test_inference_device_falls_back_to_the_cpu(monkeypatch):
+    import torch
+
+    from specbridge.parallel.ddp import inference_device
+    from specbridge.parallel.mpi import rank_on_node
+
+    assert rank_on_node(None) == 0
+    monkeypatch.setenv("SPECBRIDGE_DEVICE", "cpu")
+    assert inference_device(3) == torch.device("cpu")
+    monkeypatch.delenv("SPECBRIDGE_DEVICE")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert inference_device(0).type == expected

@@ -39,17 +39,18 @@ BATCH = 256
 def spectrum_scores(model: Any, flux: np.ndarray, ivar: np.ndarray, usable: np.ndarray,
                     batch: int = BATCH) -> np.ndarray:
     """(n,) float32 out-of-domain scores of the ``usable`` rows of ``flux``/``ivar`` (n, npix)
-    from a SpecFormer in eval mode; NaN elsewhere."""
+    from a SpecFormer in eval mode (on its device); NaN elsewhere."""
     import torch
 
     out = np.full(flux.shape[0], np.nan, np.float32)
     idx = np.flatnonzero(usable)
+    device = next(model.parameters()).device
     with torch.no_grad():
         for a in range(0, idx.size, batch):
             j = idx[a:a + batch]
-            out[j] = model.spectrum_scores(torch.from_numpy(np.ascontiguousarray(flux[j])),
-                                           torch.from_numpy(np.ascontiguousarray(ivar[j]))
-                                           ).numpy()
+            out[j] = model.spectrum_scores(
+                torch.from_numpy(np.ascontiguousarray(flux[j])).to(device),
+                torch.from_numpy(np.ascontiguousarray(ivar[j])).to(device)).cpu().numpy()
     return out
 
 

@@ -145,7 +145,8 @@ def predict_all(cands: Sequence[Candidate], inputs: dict[str, np.ndarray],
 def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Sequence[str],
                   selection: Mapping[tuple[str, str], str], routing: Mapping[str, Any],
                   batch_size: int,
-                  calibration: Mapping[tuple[str, str], Sequence[float]] | None = None
+                  calibration: Mapping[tuple[str, str], Sequence[float]] | None = None,
+                  device: str | torch.device = "cpu",
                   ) -> tuple[dict[str, np.ndarray], Counter]:
     """Arrays of one prediction shard (docs/datamodel/predictions.md) and the count of
     spectra that got no prediction, by reason.
@@ -167,7 +168,8 @@ def predict_shard(cands: Sequence[Candidate], shard: dict[str, Any], labels: Seq
     from specbridge.inference.routing import route_passes
 
     d = read_inputs(shard, {c.feature for c in cands})
-    preds = apply_all(predict_all(cands, d, batch_size), list(labels), calibration, d["snr"])
+    preds = apply_all(predict_all(cands, d, batch_size, device), list(labels), calibration,
+                      d["snr"])
     names = [c.name for c in cands]
     r = route_passes(preds, names, list(labels), selection, routing["router"],
                      routing["threshold"], routing["blend_width"], routing.get("blend"),

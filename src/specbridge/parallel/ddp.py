@@ -175,6 +175,17 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def inference_device(local_rank: int = 0) -> Any:
+    """The torch device for a rank's forward passes (embed, infer): ``cuda:<local_rank mod
+    GPUs>`` when CUDA is available, else ``cpu``. ``SPECBRIDGE_DEVICE=cpu`` keeps them on the
+    CPU."""
+    import torch
+
+    if os.environ.get("SPECBRIDGE_DEVICE", "").lower() == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
 def check_gpus_per_rank(local_ranks: int, gpus: int) -> None:
     """Raise :class:`UserError` unless each of this node's ``local_ranks`` ranks can have a GPU
     of its own (nccl refuses two ranks on one GPU, with an error that names neither the

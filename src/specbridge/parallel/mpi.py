@@ -56,6 +56,15 @@ def ranks_on_node(comm: Any | None) -> int:
     return comm.Split_type(MPI.COMM_TYPE_SHARED).size
 
 
+def rank_on_node(comm: Any | None) -> int:
+    """This rank's index among the ranks of ``comm`` on its node (0 without MPI)."""
+    if comm is None:
+        return 0
+    from mpi4py import MPI
+
+    return comm.Split_type(MPI.COMM_TYPE_SHARED).rank
+
+
 def cores_per_rank(local_ranks: int) -> int:
     """CPU cores a rank may use: SLURM_CPUS_PER_TASK under SLURM, else the node's cores shared
     evenly among its ``local_ranks`` ranks (at least 1)."""

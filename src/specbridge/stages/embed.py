@@ -29,6 +29,7 @@ from specbridge.parallel.mpi import (
     bcast_from_rank0,
     cores_per_rank,
     rank0_logger,
+    rank_on_node,
     ranks_on_node,
     run_or_abort,
 )
@@ -63,15 +64,18 @@ def plan(model_path: str | Path, spectra_index: str | Path, out_dir: Path,
 def embed_rows(model: Any, flux: np.ndarray, ivar: np.ndarray, usable: np.ndarray,
                mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Standardised embeddings (n, d) float32 of the ``usable`` rows of ``flux``/``ivar``
-    (n, npix); NaN elsewhere. ``mean``/``std`` (d,) from the checkpoint."""
+    (n, npix); NaN elsewhere. ``mean``/``std`` (d,) from the checkpoint. Computed on the
+    model's device."""
     import torch
 
     emb = np.full((flux.shape[0], mean.size), np.nan, np.float32)
     idx = np.flatnonzero(usable)
+    device = next(model.parameters()).device
     with torch.no_grad():
         for a in range(0, idx.size, BATCH):
             j = idx[a:a + BATCH]
-            e = model.embed(torch.from_numpy(flux[j]), torch.from_numpy(ivar[j])).numpy()
+            e = model.embed(torch.from_numpy(flux[j]).to(device),
+                            torch.from_numpy(ivar[j]).to(device)).float().cpu().numpy()
             emb[j] = (e - mean) / std
     return emb
 
@@ -102,9 +106,12 @@ def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float,
     from specbridge.inference.ood import density_distance, spectrum_scores
     from specbridge.io.shards import ROW_FIELDS, read_shard, write_embedding_shard
     from specbridge.models.checkpoint import load_model
+    from specbridge.parallel.ddp import inference_device
 
     torch.set_num_threads(cores_per_rank(ranks_on_node(comm)))
-    model, ck = load_model(inputs["model"], kinds=("specformer",))
+    device = inference_device(rank_on_node(comm))
+    model, ck = load_model(inputs["model"], kinds=("specformer",), device=device)
+    log.info("SpecFormer on %s", device)
     if "embed_mean" not in ck.meta:
         from specbridge.errors import UserError
         raise UserError(f"{inputs['model']}: a SpecFormer checkpoint without embedding "

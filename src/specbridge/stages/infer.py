@@ -29,6 +29,7 @@ from specbridge.parallel.mpi import (
     comm_rank_size,
     cores_per_rank,
     rank0_logger,
+    rank_on_node,
     ranks_on_node,
     run_or_abort,
 )
@@ -193,13 +194,16 @@ def _run(cfg, inputs, out: Path, p, comm, log, force: bool, t0: float, full_hash
     from specbridge.inference.predict import load_candidates, predict_shard
 
     _, size = comm_rank_size(comm)
+    from specbridge.parallel.ddp import inference_device
+
     torch.set_num_threads(cores_per_rank(ranks_on_node(comm)))
-    cands = load_candidates(inputs["checkpoints"])
+    device = inference_device(rank_on_node(comm))
+    cands = load_candidates(inputs["checkpoints"], device)
     labels = cands[0].labels
     names = [c.name for c in cands]
     tasks = p["tasks"]
-    log.info("%d candidates, %d spectra in %d shards over %d ranks", len(cands),
-             sum(t.n for t in tasks), len(tasks), size)
+    log.info("%d candidates, %d spectra in %d shards over %d ranks (%s)", len(cands),
+             sum(t.n for t in tasks), len(tasks), size, device)
     log.info("router %s (%s), %d pass(es), blend %s; errors %s", p["routing"]["router"],
              p["routing"]["router_setting"], p["routing"]["router_passes"],
              p["routing"]["blend"], "recalibrated" if p["calibration"] else
@@ -209,7 +213,8 @@ def _run(cfg, inputs, out: Path, p, comm, log, force: bool, t0: float, full_hash
         shard = {"path": task.inputs["spectra"], "emb_path": task.inputs["embeddings"],
                  "first_row": task.first_row, "n": task.n}
         arrays, counts = predict_shard(cands, shard, labels, p["selection"], p["routing"],
-                                       cfg["inference"]["batch_size"], p["calibration"])
+                                       cfg["inference"]["batch_size"], p["calibration"],
+                                       device)
         return ShardResult(arrays, counts=counts)
 
     job = ShardJob("infer", tasks, compute, out,
