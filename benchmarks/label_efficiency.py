@@ -186,7 +186,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", type=Path)
     ap.add_argument("--sizes", type=int, nargs="+", default=[250, 500, 1000, 2000, 0])
     ap.add_argument("--strategy", default="lora", choices=["adapter", "lora", "full"])
-    ap.add_argument("--threshold", type=float, default=-1.0, help="[Fe/H] of the regimes")
+    ap.add_argument("--threshold", type=float,
+                    help="[Fe/H] of the regimes (default: the config's evaluation.feh_threshold)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--work", type=Path, help="keep the checkpoints here (default: temporary)")
@@ -202,6 +203,10 @@ def main(argv=None) -> int:
         return 0
 
     args.config = args.config or args.results / "config" / "resolved.yaml"
+    if args.threshold is None:
+        from specbridge.config import load_config
+
+        args.threshold = load_config(args.config)["evaluation"]["feh_threshold"]
     out = args.out or args.results / "benchmarks" / "label_efficiency"
     out.mkdir(parents=True, exist_ok=True)
     bindir = Path(sys.executable).parent
@@ -213,6 +218,8 @@ def main(argv=None) -> int:
             t0 = time.monotonic()
             pred = train_and_score(n, args, work, env)
             used = n_labelled(work / f"n{n}" / "mlp_pretrained.pt")
+            if used != n_labelled(work / f"n{n}" / "emb_mlp_pretrained.pt"):
+                raise SystemExit(f"N {n}: the two models saw different labelled sets")
             for r in score(pred, args.strategy, args.threshold, args.n_boot):
                 rows.append({"n_labelled": used, **r})
             print(f"N {n or 'all'} ({used} labelled training spectra) done in "

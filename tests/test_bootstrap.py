@@ -217,3 +217,10 @@ def test_paired_ratio_known_answers():
     assert 0.03 < r.hi - r.lo < 0.15
     r = paired_ratio("robust_sigma", 0.8 * c, b, n_boot=500, level=0.95)
     assert r.hi < 1 and r.verdict == "yes"
+
+
+def test_paired_ratio_without_spread_in_the_reference():
+    from specbridge.evaluation.bootstrap import paired_ratio
+
+    r = paired_ratio("robust_sigma", [1.0], [2.0])  # one star: no spread, no ratio
+    assert np.isnan(r.ratio) and r.verdict == "not significant"

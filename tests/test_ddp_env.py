@@ -66,14 +66,12 @@ def test_local_world_size():
 
 def test_nccl_needs_one_gpu_per_rank():
     from specbridge.errors import UserError
-    from specbridge.parallel.ddp import check_gpus_per_rank
+    from specbridge.parallel.ddp import check_distinct_gpus
 
-    check_gpus_per_rank(4, 4)
-    check_gpus_per_rank(1, 8)
-    with pytest.raises(UserError, match="2 ranks on this node share 1 GPU"):
-        check_gpus_per_rank(2, 1)
-    with pytest.raises(UserError, match="has none"):
-        check_gpus_per_rank(1, 0)
+    check_distinct_gpus(["a/GPU-1", "a/GPU-2", "b/GPU-1", "b/GPU-2"])  # 2 nodes x 2 GPUs
+    check_distinct_gpus(["a/GPU-1"])
+    with pytest.raises(UserError, match="ranks 0 and 2 share GPU GPU-1 on a"):
+        check_distinct_gpus(["a/GPU-1", "a/GPU-2", "a/GPU-1"])
 
 
 def test_inference_device_falls_back_to_the_cpu(monkeypatch):

@@ -213,7 +213,7 @@ def real_args(wildcards, input):
 
 def label_efficiency_input(wildcards=None):
     """The label-efficiency benchmark's table for the report, when configured."""
-    path = config["evaluation"].get("label_efficiency")
+    path = config["report"].get("label_efficiency")
     return [path] if path else []
 
 

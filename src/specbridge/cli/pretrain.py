@@ -11,6 +11,9 @@ from specbridge.cli._common import add_config_argument, config_from_args
 
 def run(args: argparse.Namespace) -> int:
     """Run the pretrain stage with the arguments of ``specbridge pretrain``."""
+    if args.n_labelled is not None and args.n_labelled < 10:
+        print("specbridge pretrain: --n-labelled must be at least 10", file=sys.stderr)
+        return 2
     if args.model == "emb_mlp" and not args.embeddings:
         print("specbridge pretrain: --model emb_mlp needs --embeddings", file=sys.stderr)
         return 2
@@ -41,6 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", help="checkpoints for resuming (default: beside --output)")
     p.add_argument("--epochs", type=int, help="override training.epochs")
     p.add_argument("--n-labelled", type=int, metavar="N",
-                   help="override training.max_labelled: train mlp/emb_mlp on at most N "
-                        "labelled spectra (label-efficiency sweeps)")
+                   help="override training.max_labelled: train mlp/emb_mlp on about N "
+                        "labelled spectra, whole stars (label-efficiency sweeps)")
     p.set_defaults(func=run)

@@ -302,10 +302,12 @@ def paired_ratio(stat: str | Callable, a_resid: Any, b_resid: Any, groups: Any =
                  seed: int | np.random.Generator = 0) -> PairedRatio:
     """(ratio, lo, hi, verdict) of stat(a) / stat(b) on the same resampled stars.
 
-    As :func:`paired_difference`, with the ratio in place of the difference (for scale
-    statistics such as robust sigma, where "within 1.5x" is the question). Verdict: "yes" if
-    a is lower beyond the interval (hi < 1), "no" if higher beyond it (lo > 1), "not
-    significant" otherwise.
+    As :func:`paired_difference`, with the ratio in place of the difference, for a positive
+    scale statistic such as robust sigma ("within 1.5x" questions). ``a_resid``,
+    ``b_resid``: (n,) residuals of the two candidates on the same rows; ``groups``: (n,) star
+    IDs. Verdict: "yes" if a is lower beyond the interval (hi < 1), "no" if higher beyond it
+    (lo > 1), "not significant" otherwise. All NaN ("not significant") when stat(b) is not
+    positive (e.g. a single star); no interval when more than 1 % of the replicates have none.
     """
     _check(level, n_boot)
     name = _vectorised_name(stat, 1)
@@ -318,9 +320,15 @@ def paired_ratio(stat: str | Callable, a_resid: Any, b_resid: Any, groups: Any =
         return PairedRatio(float("nan"), float("nan"), float("nan"), "not significant")
     g = None if groups is None else np.asarray(groups)[ok]
     one = VECTORISED[name][0] if name else stat
-    ratio = float(one(a) / one(b))
+    den = float(one(b))
+    if not (np.isfinite(den) and den > 0):  # e.g. one star: no spread to divide by
+        return PairedRatio(float("nan"), float("nan"), float("nan"), "not significant")
+    ratio = float(one(a)) / den
     idx = resample_indices(a.size, g, n_boot, seed)
     with np.errstate(divide="ignore", invalid="ignore"):
         reps = _replicates(name, stat, [a], idx) / _replicates(name, stat, [b], idx)
+    reps[~np.isfinite(reps)] = np.nan  # a replicate with no spread in b has no ratio
+    if np.isnan(reps).mean() > 0.01:    # too many: the interval would be biased
+        return PairedRatio(ratio, float("nan"), float("nan"), "not significant")
     lo, hi = _percentiles(reps, level)
     return PairedRatio(ratio, lo, hi, verdict(lo - 1.0, hi - 1.0, "lower"))

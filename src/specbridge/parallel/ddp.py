@@ -186,18 +186,33 @@ def inference_device(local_rank: int = 0) -> Any:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
-def check_gpus_per_rank(local_ranks: int, gpus: int) -> None:
-    """Raise :class:`UserError` unless each of this node's ``local_ranks`` ranks can have a GPU
-    of its own (nccl refuses two ranks on one GPU, with an error that names neither the
-    cause nor the fix)."""
+def check_distinct_gpus(gpus: list[str]) -> None:
+    """Raise :class:`UserError` if two ranks use the same GPU. ``gpus``: one
+    ``"<host>/<GPU UUID>"`` per rank, in rank order (nccl refuses two ranks on one GPU with an
+    error that names neither the cause nor the fix)."""
     from specbridge.errors import UserError
 
-    if gpus == 0:
-        raise UserError("the nccl backend needs CUDA GPUs, and this node has none")
-    if local_ranks > gpus:
-        raise UserError(f"{local_ranks} ranks on this node share {gpus} GPU(s): nccl needs one "
-                        "GPU per rank; start at most one rank per GPU (SLURM: "
-                        "--ntasks-per-node equal to --gpus-per-node)")
+    first: dict[str, int] = {}
+    for rank, key in enumerate(gpus):
+        if key in first:
+            host, _, uuid = key.partition("/")
+            raise UserError(f"ranks {first[key]} and {rank} share GPU {uuid} on {host}: nccl "
+                            "needs one GPU per rank; start at most one rank per GPU (SLURM: "
+                            "--ntasks-per-node equal to --gpus-per-node, or --gpus-per-task=1)")
+        first[key] = rank
+
+
+def _check_gpus_over_store(env: DistEnv, device: Any) -> None:
+    """Every rank publishes its host and GPU UUID in the process group's store (no nccl
+    collective: that is what would fail) and checks that no two ranks share a GPU."""
+    import torch
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    store = _get_default_store()
+    me = f"{socket.gethostname()}/{torch.cuda.get_device_properties(device).uuid}"
+    store.set(f"specbridge-gpu/{env.rank}", me)
+    check_distinct_gpus([store.get(f"specbridge-gpu/{r}").decode()
+                         for r in range(env.world_size)])
 
 
 def init_distributed(env: DistEnv | None = None, backend: str | None = None,
@@ -214,7 +229,10 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None,
     env = env or detect_dist_env()
     backend = backend or default_backend()
     if backend == "nccl":
-        check_gpus_per_rank(local_world_size(env), torch.cuda.device_count())
+        if torch.cuda.device_count() == 0:
+            from specbridge.errors import UserError
+
+            raise UserError("the nccl backend needs CUDA GPUs, and this node has none")
         device = torch.device("cuda", env.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
@@ -231,6 +249,8 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None,
         dist.init_process_group(
             backend=backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
             rank=env.rank, world_size=env.world_size, timeout=timedelta(seconds=timeout_s))
+    if backend == "nccl":
+        _check_gpus_over_store(env, device)
     return env, device
 
 

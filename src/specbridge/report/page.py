@@ -56,6 +56,7 @@ def label_efficiency_section(table: Any, report_dir: Path) -> list[str]:
         return []
     from astropy.table import Table
 
+    level = f"{100 * table.meta.get('level', 0.95):g} %"
     rows = []
     for r in table:
         rows.append((r["strategy"], int(r["n_labelled"]), r["label"], r["regime"],
@@ -65,12 +66,12 @@ def label_efficiency_section(table: Any, report_dir: Path) -> list[str]:
                      r["embedding_better"]))
     shown = Table(rows=rows, names=["strategy", "N labelled", "label", "regime", "n test",
                                     "sigma spectrum", "sigma embedding",
-                                    "ratio [95 % interval]", "embedding better"])
+                                    f"ratio [{level} interval]", "embedding better"])
     parts = ["<h2>Label efficiency: embeddings against the spectrum</h2>",
              f"<p>The spectrum MLP and the MLP on SpecFormer embeddings trained on N labelled "
              f"LAMOST spectra (the same stars for both), zero-shot and fine-tuned on DESI; test "
-             f"robust sigma and their ratio with its {100 * table.meta.get('level', 0.95):g} % "
-             f"interval over stars. From <code>{html.escape(str(table.meta.get('path', '')))}"
+             f"robust sigma and their ratio with its {level} interval over stars. From "
+             f"<code>{html.escape(str(table.meta.get('path', '')))}"
              "</code> (benchmarks/label_efficiency.py).</p>"]
     fig = Path(str(table.meta.get("path", ""))).with_suffix(".png")
     if fig.exists():

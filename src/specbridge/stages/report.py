@@ -13,7 +13,7 @@ from specbridge.errors import UserError, describe
 from specbridge.report.page import FIGURES, page_html
 from specbridge.stages import declared
 
-CONFIG_SECTIONS = ("evaluation", "inference")
+CONFIG_SECTIONS = ("evaluation", "inference", "report")
 log = logging.getLogger("specbridge.report")
 
 
@@ -78,8 +78,9 @@ def read_label_efficiency(path: str | None) -> Any:
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"{path}: cannot read the label-efficiency table: "
                         f"{describe(exc)}") from None
-    missing = {"strategy", "n_labelled", "label", "regime", "ratio", "ratio_lo",
-               "ratio_hi"} - set(t.colnames)
+    missing = {"strategy", "n_labelled", "label", "regime", "n_test", "sigma_spectrum",
+               "sigma_embedding", "ratio", "ratio_lo", "ratio_hi",
+               "embedding_better"} - set(t.colnames)
     if missing:
         raise UserError(f"{path}: not a label-efficiency table (no {sorted(missing)})")
     t.meta["path"] = str(path)
