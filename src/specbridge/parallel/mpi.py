@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -160,5 +162,9 @@ def run_or_abort(comm: Any | None, log: logging.Logger, func: Callable[..., Any]
             log.debug("traceback", exc_info=True)
             for h in log.handlers:
                 h.flush()
+            sys.stderr.flush()
+            # the launcher forwards output asynchronously and tears the job down on Abort:
+            # give it a moment to pass this rank's last lines on, or they can be lost
+            time.sleep(0.5)
             comm.Abort(1)
         raise
