@@ -29,19 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZES = ("demo", "benchmark", "paper")
 
 
-def size_arch(size: str) -> tuple[dict, dict]:
-    """(models.specformer, training.specformer) of a size: the embedded default (config.yaml),
-    with the size's overlay on top."""
+def size_arch(size: str) -> dict:
+    """models.specformer of a size: the embedded default (config.yaml), with the size's
+    overlay on top."""
     from specbridge.config import load_config
 
     base = load_config(ROOT / "config.yaml")
     arch = dict(base["models"]["specformer"])
-    train = dict(base["training"].get("specformer", {}))
     if size != "demo":
         over = yaml.safe_load((ROOT / "config" / "sizes" / f"{size}.yaml").read_text())
         arch.update(over["models"]["specformer"])
-        train.update(over["training"].get("specformer", {}))
-    return arch, train
+    return arch
 
 
 def load_spectra(index: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +132,7 @@ def main(argv=None) -> int:
           "embed samples/s | vs fp32 | peak memory (GiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
-        arch, _ = size_arch(size)
-        arch = {"npix": int(flux.shape[1]), **arch}
+        arch = {"npix": int(flux.shape[1]), **size_arch(size)}
         for batch in args.batches:
             rates = {}
             for bf16 in (False, True):

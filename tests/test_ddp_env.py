@@ -78,9 +78,9 @@ def test_inference_device_falls_back_to_the_cpu(monkeypatch):
     import torch
 
     from specbridge.parallel.ddp import inference_device
-    from specbridge.parallel.mpi import rank_on_node
+    from specbridge.parallel.mpi import node_rank_size
 
-    assert rank_on_node(None) == 0
+    assert node_rank_size(None) == (0, 1)
     monkeypatch.setenv("SPECBRIDGE_DEVICE", "cpu")
     assert inference_device(3) == torch.device("cpu")
     monkeypatch.delenv("SPECBRIDGE_DEVICE")

@@ -261,6 +261,27 @@ def verdict(lo: float, hi: float, better: str = "lower") -> str:
     return "not significant"
 
 
+def _paired(stat: str | Callable, a_resid: Any, b_resid: Any, groups: Any, n_boot: int,
+            seed: int | np.random.Generator
+            ) -> tuple[float, float, np.ndarray, np.ndarray] | None:
+    """(stat(a), stat(b), (n_boot,) replicates of stat(a), of stat(b)) on the rows where both
+    (n,) residuals are finite, every replicate resampling the same stars for both; None
+    without such rows."""
+    name = _vectorised_name(stat, 1)
+    a, b = np.asarray(a_resid, np.float64), np.asarray(b_resid, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"residuals of shapes {a.shape} and {b.shape}: need one (n,) shape")
+    ok = _finite_rows([a, b])
+    a, b = a[ok], b[ok]
+    if a.size == 0:
+        return None
+    g = None if groups is None else np.asarray(groups)[ok]
+    one = VECTORISED[name][0] if name else stat
+    idx = resample_indices(a.size, g, n_boot, seed)
+    return (one(a), one(b), _replicates(name, stat, [a], idx),
+            _replicates(name, stat, [b], idx))
+
+
 def paired_difference(stat: str | Callable, a_resid: Any, b_resid: Any, groups: Any = None,
                       n_boot: int = 1000, level: float = 0.68,
                       seed: int | np.random.Generator = 0,
@@ -278,22 +299,12 @@ def paired_difference(stat: str | Callable, a_resid: Any, b_resid: Any, groups: 
     """
     _check(level, n_boot)
     _score(0.0, better)
-    name = _vectorised_name(stat, 1)
-    a, b = np.asarray(a_resid, np.float64), np.asarray(b_resid, np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"residuals of shapes {a.shape} and {b.shape}: need one (n,) shape")
-    ok = _finite_rows([a, b])
-    a, b = a[ok], b[ok]
-    n = int(ok.sum())
-    if n == 0:
+    pair = _paired(stat, a_resid, b_resid, groups, n_boot, seed)
+    if pair is None:
         return PairedDifference(float("nan"), float("nan"), float("nan"), "not significant")
-    g = None if groups is None else np.asarray(groups)[ok]
-    one = VECTORISED[name][0] if name else stat
-    diff = float(_score(one(a), better) - _score(one(b), better))
-    idx = resample_indices(n, g, n_boot, seed)
-    reps = (_score(_replicates(name, stat, [a], idx), better)
-            - _score(_replicates(name, stat, [b], idx), better))
-    lo, hi = _percentiles(reps, level)
+    sa, sb, ra, rb = pair
+    diff = float(_score(sa, better) - _score(sb, better))
+    lo, hi = _percentiles(_score(ra, better) - _score(rb, better), level)
     return PairedDifference(diff, lo, hi, verdict(lo, hi, better))
 
 
@@ -310,23 +321,14 @@ def paired_ratio(stat: str | Callable, a_resid: Any, b_resid: Any, groups: Any =
     positive (e.g. a single star); no interval when more than 1 % of the replicates have none.
     """
     _check(level, n_boot)
-    name = _vectorised_name(stat, 1)
-    a, b = np.asarray(a_resid, np.float64), np.asarray(b_resid, np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"residuals of shapes {a.shape} and {b.shape}: need one (n,) shape")
-    ok = _finite_rows([a, b])
-    a, b = a[ok], b[ok]
-    if a.size == 0:
+    pair = _paired(stat, a_resid, b_resid, groups, n_boot, seed)
+    sb = float("nan") if pair is None else float(pair[1])
+    if not (np.isfinite(sb) and sb > 0):  # no rows, or one star: no spread to divide by
         return PairedRatio(float("nan"), float("nan"), float("nan"), "not significant")
-    g = None if groups is None else np.asarray(groups)[ok]
-    one = VECTORISED[name][0] if name else stat
-    den = float(one(b))
-    if not (np.isfinite(den) and den > 0):  # e.g. one star: no spread to divide by
-        return PairedRatio(float("nan"), float("nan"), float("nan"), "not significant")
-    ratio = float(one(a)) / den
-    idx = resample_indices(a.size, g, n_boot, seed)
+    sa, _, ra, rb = pair
+    ratio = float(sa) / sb
     with np.errstate(divide="ignore", invalid="ignore"):
-        reps = _replicates(name, stat, [a], idx) / _replicates(name, stat, [b], idx)
+        reps = ra / rb
     reps[~np.isfinite(reps)] = np.nan  # a replicate with no spread in b has no ratio
     if np.isnan(reps).mean() > 0.01:    # too many: the interval would be biased
         return PairedRatio(ratio, float("nan"), float("nan"), "not significant")

@@ -49,22 +49,23 @@ def comm_rank_size(comm: Any | None) -> tuple[int, int]:
     return comm.rank, comm.size
 
 
+def node_rank_size(comm: Any | None) -> tuple[int, int]:
+    """(this rank's index among the ranks of ``comm`` on its node, their number); (0, 1)
+    without MPI. Collective over ``comm``."""
+    if comm is None:
+        return 0, 1
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.rank, node.size
+    finally:
+        node.Free()
+
+
 def ranks_on_node(comm: Any | None) -> int:
     """Number of ranks of ``comm`` on this node (1 without MPI)."""
-    if comm is None:
-        return 1
-    from mpi4py import MPI
-
-    return comm.Split_type(MPI.COMM_TYPE_SHARED).size
-
-
-def rank_on_node(comm: Any | None) -> int:
-    """This rank's index among the ranks of ``comm`` on its node (0 without MPI)."""
-    if comm is None:
-        return 0
-    from mpi4py import MPI
-
-    return comm.Split_type(MPI.COMM_TYPE_SHARED).rank
+    return node_rank_size(comm)[1]
 
 
 def cores_per_rank(local_ranks: int) -> int:

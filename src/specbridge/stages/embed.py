@@ -28,9 +28,8 @@ from specbridge.parallel.executor import (
 from specbridge.parallel.mpi import (
     bcast_from_rank0,
     cores_per_rank,
+    node_rank_size,
     rank0_logger,
-    rank_on_node,
-    ranks_on_node,
     run_or_abort,
 )
 from specbridge.stages import declared
@@ -108,8 +107,9 @@ def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float,
     from specbridge.models.checkpoint import load_model
     from specbridge.parallel.ddp import inference_device
 
-    torch.set_num_threads(cores_per_rank(ranks_on_node(comm)))
-    device = inference_device(rank_on_node(comm))
+    local_rank, local_size = node_rank_size(comm)
+    torch.set_num_threads(cores_per_rank(local_size))
+    device = inference_device(local_rank)
     model, ck = load_model(inputs["model"], kinds=("specformer",), device=device)
     log.info("SpecFormer on %s", device)
     if "embed_mean" not in ck.meta:

@@ -28,9 +28,8 @@ from specbridge.parallel.mpi import (
     bcast_from_rank0,
     comm_rank_size,
     cores_per_rank,
+    node_rank_size,
     rank0_logger,
-    rank_on_node,
-    ranks_on_node,
     run_or_abort,
 )
 from specbridge.stages import declared
@@ -196,8 +195,9 @@ def _run(cfg, inputs, out: Path, p, comm, log, force: bool, t0: float, full_hash
     _, size = comm_rank_size(comm)
     from specbridge.parallel.ddp import inference_device
 
-    torch.set_num_threads(cores_per_rank(ranks_on_node(comm)))
-    device = inference_device(rank_on_node(comm))
+    local_rank, local_size = node_rank_size(comm)
+    torch.set_num_threads(cores_per_rank(local_size))
+    device = inference_device(local_rank)
     cands = load_candidates(inputs["checkpoints"], device)
     labels = cands[0].labels
     names = [c.name for c in cands]
