@@ -123,3 +123,34 @@ def test_stale_checkpoint_from_other_settings_is_not_resumed(transfer_run, tmp_p
     assert "ignoring" in r.stderr and "resumed from" not in r.stderr
     r = _run(cmd(2e-3), tool_env)  # same settings again: resumes (nothing left to train)
     assert "resumed from" in r.stderr
+
+
+def test_rerun_on_changed_inputs_starts_afresh(transfer_run, tmp_path, tool_env):
+    """A rule rerun because an input changed (here: the pretrained checkpoint under
+    fine-tuning, retrained with the same architecture, data and labels) must not resume the
+    old input's finished last.pt, which would silently serve weights trained from the old
+    one."""
+    lamost, desi = (str(transfer_run["index"][s]) for s in ("lamost", "desi"))
+
+    def config(lr):
+        cfg = tmp_path / f"c{lr}.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "models": {"mlp": {"hidden": [32], "dropout": 0.0}},
+            "training": {"batch_size": 32, "epochs": 2, "lr": lr, "val_fraction": 0.15},
+            "finetune": {"models": ["mlp"], "epochs": 2, "val_fraction": 0.25,
+                         "test_fraction": 0.25}}))
+        return str(cfg)
+
+    for name, lr in (("p.pt", 1e-3), ("q.pt", 3e-3)):
+        _run(["specbridge", "pretrain", "--config", config(lr), "--model", "mlp",
+              "--spectra", lamost, "--output", str(tmp_path / name)], tool_env)
+
+    def finetune(pretrained):
+        return _run(["specbridge", "finetune", "--config", config(1e-3), "--model", "mlp",
+                     "--strategy", "full", "--pretrained", str(tmp_path / pretrained),
+                     "--spectra", desi, "--output", str(tmp_path / "ft.pt")], tool_env)
+
+    finetune("p.pt")
+    assert "resumed from" in finetune("p.pt").stderr  # same inputs: resumes
+    r = finetune("q.pt")
+    assert "ignoring" in r.stderr and "resumed from" not in r.stderr

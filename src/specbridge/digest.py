@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 def sha256(path: str | Path) -> str:
@@ -13,3 +15,17 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def inputs_digest(inputs: Mapping[str, Any]) -> str:
+    """A short digest of the content of a stage's input files (``inputs``: name -> path or
+    None; absent and None entries count as absent). A training stage adds it to its resume
+    key, so that a rerun on changed inputs (new spectra, embeddings or pretrained weights)
+    starts afresh instead of resuming the previous inputs' checkpoint. Index files hold their
+    shards' fingerprints, so hashing the index covers the shards."""
+    h = hashlib.sha256()
+    for name in sorted(inputs):
+        path = inputs[name]
+        h.update(name.encode())
+        h.update(sha256(path).encode() if path and Path(path).is_file() else b"-")
+    return h.hexdigest()[:16]

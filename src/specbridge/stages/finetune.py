@@ -193,6 +193,7 @@ def _train(job: _Job, net: nn.Module, train_set: LabelledShards, val_set: Labell
            ) -> tuple[nn.Module, list[dict[str, float]], int]:
     """Train what the strategy trains with the one loop: (the network with the best weights,
     the history, the best epoch)."""
+    from specbridge.digest import inputs_digest
     from specbridge.training.loop import LoopSettings, train, training_workdir
     from specbridge.training.supervised import mean_nll, nll_loss_sum, predict_split
 
@@ -210,7 +211,8 @@ def _train(job: _Job, net: nn.Module, train_set: LabelledShards, val_set: Labell
 
     workdir = training_workdir(outputs["checkpoint"], outputs.get("workdir"))
     net, state = train(net, nll_loss_sum(device), train_batches, validate, settings, workdir,
-                       env, device, {"strategy": job.strategy}, log)
+                       env, device, {"strategy": job.strategy,
+                                     "inputs": inputs_digest(job.inputs)}, log)
     return net, state.history, state.best_epoch
 
 

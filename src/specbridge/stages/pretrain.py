@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from specbridge.digest import inputs_digest
 from specbridge.errors import UserError
 from specbridge.stages import declared
 
@@ -158,7 +159,8 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
         return mean_nll(*predict_split(m, val_set, mean, std, device, seed))
 
     extra = {"labels": labels, "label_mean": mean, "label_std": std, "model": model,
-             "hidden": list(mc["hidden"]), "dropout": mc["dropout"], "npix": npix}
+             "hidden": list(mc["hidden"]), "dropout": mc["dropout"], "npix": npix,
+             "inputs": inputs_digest(inputs)}
     settings = LoopSettings.from_config(tr, seed, train_set.n // tr["batch_size"])
     net, state = train(net, nll_loss_sum(device), train_batches, validate, settings,
                        _workdir(outputs), env, device, extra, log)
@@ -270,9 +272,10 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
                          outputs: Mapping[str, Any], env: DistEnv, device: torch.device,
                          held: np.ndarray | None = None) -> None:
     """Self-supervised masked-pixel pretraining of the SpecFormer on every usable LAMOST
-    spectrum, labelled or not; rank 0 measures the embedding quality (reconstruction against
-    the patch-mean baseline, linear probes, the out-of-domain score distribution) and writes
-    the checkpoint with the embedding statistics."""
+    spectrum, labelled or not (and, with ``training.specformer.target_spectra``, the target
+    survey's spectra of training-split stars); rank 0 measures the embedding quality on LAMOST
+    (reconstruction against the patch-mean baseline, linear probes, the out-of-domain score
+    distribution) and writes the checkpoint with the embedding statistics."""
     import torch
 
     from specbridge.models.checkpoint import build_model
@@ -282,12 +285,28 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
     tr, sc, seed = specformer_training(cfg["training"]), cfg["models"]["specformer"], cfg["seed"]
     kw = {"labels": cfg["labels"], "val_fraction": tr["val_fraction"], "require_labels": False,
           "with_ivar": True, "exclude_stars": held}
-    train_set = LabelledShards(inputs["spectra"], split="train", **kw)
-    val_set = LabelledShards(inputs["spectra"], split="val", **kw)
+    corpus = [inputs["spectra"]]
+    if tr.get("target_spectra"):
+        if not inputs.get("holdout"):
+            raise UserError("training.specformer.target_spectra needs the target survey's "
+                            "index (--holdout)")
+        corpus.append(inputs["holdout"])
+    # the embedding statistics, probes and OOD quantiles describe the LAMOST domain only
+    lamost_train = LabelledShards(inputs["spectra"], split="train", **kw)
+    lamost_val = LabelledShards(inputs["spectra"], split="val", **kw)
+    train_set, val_set = lamost_train, lamost_val
+    if len(corpus) > 1:
+        train_set = LabelledShards(corpus, split="train", **kw)
+        val_set = LabelledShards(corpus, split="val", **kw)
     if train_set.n < tr["batch_size"] or val_set.n == 0:
         raise UserError(f"{train_set.n} training / {val_set.n} validation spectra: too few "
                         f"for batches of {tr['batch_size']}")
-    n_held = _log_excluded((train_set, val_set), held)
+    n_held = _log_excluded((lamost_train, lamost_val), held)
+    n_target = train_set.n + val_set.n - lamost_train.n - lamost_val.n
+    if len(corpus) > 1 and env.is_main:
+        log.info("target-survey spectra in the corpus: %d of training-split stars (%d of "
+                 "validation/test stars left out)",
+                 n_target, train_set.n_excluded + val_set.n_excluded - n_held)
     arch = {"npix": int(cfg["grid"]["npix"]), **sc}
     torch.manual_seed(seed)
     net = build_model("specformer", arch).to(device)
@@ -302,7 +321,7 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
         return train_set.batches(epoch, tr["batch_size"], seed, env.rank, env.world_size)
 
     settings = LoopSettings.from_config(tr, seed, train_set.n // tr["batch_size"])
-    extra = {"model": "specformer", **arch}
+    extra = {"model": "specformer", **arch, "inputs": inputs_digest(inputs)}
     net, state = train(net, task.loss_sum, train_batches, task.validate, settings,
                        _workdir(outputs), env, device, extra, log)
     if env.is_main:
@@ -314,7 +333,7 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
         log.info("validation masked-reconstruction loss %.4g; predicting each hidden pixel by "
                  "its patches' mean: %.4g (ratio %.3f)", val, task.baseline,
                  val / max(task.baseline, 1e-12))
-        quality = measure(net, train_set, val_set, cfg["labels"], seed, device)
+        quality = measure(net, lamost_train, lamost_val, cfg["labels"], seed, device)
         for lab, q in quality["probe"].items():
             log.info("linear probe %-8s validation robust sigma %.4g on embeddings, %.4g on "
                      "pixels (label spread %.4g; %d/%d stars)", lab, q["embedding"],
@@ -330,6 +349,7 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
                 "history": state.history, "val_loss": val, "val_patch_mean_loss": task.baseline,
                 "best_epoch": state.best_epoch, "n_excluded_holdout": n_held,
                 "n_train_spectra": train_set.n, "n_val_spectra": val_set.n,
+                "n_target_spectra": n_target,
                 "probe": quality["probe"], "ood_score_quantiles": quality["ood_scores"],
                 "ood_density": quality["density"],
                 "ood_distance_quantiles": quality["ood_distances"],

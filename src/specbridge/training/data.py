@@ -37,6 +37,9 @@ def network_input(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
 class LabelledShards:
     """The usable, labelled rows of a preprocessed survey, split by a hash of the star key.
 
+    ``index``: one index HDF5, or several (their shards read as one set, e.g. a pretraining
+    corpus of two surveys).
+
     Rows kept: no fatal flag, no BAD_LABEL / AMBIGUOUS_MATCH, at least one of ``labels`` finite,
     and in ``split`` ('train', 'val' or 'test', by ``assign_split(star, val_fraction,
     test_fraction)``: by star, so repeat visits share a split), and whose star is not in
@@ -46,13 +49,15 @@ class LabelledShards:
     is a subset of a larger one).
     """
 
-    def __init__(self, index: str, labels: Sequence[str], split: str, val_fraction: float,
+    def __init__(self, index: str | Sequence[str], labels: Sequence[str], split: str,
+                 val_fraction: float,
                  require_labels: bool = True, with_ivar: bool = False,
                  feature: str = "flux", test_fraction: float = 0.0,
                  max_rows: int | None = None, exclude_stars: np.ndarray | None = None):
         if split not in SPLIT_CODES:
             raise ValueError(f"split {split!r} is not one of {sorted(SPLIT_CODES)}")
-        self.shards = read_index(index)
+        indexes = [index] if isinstance(index, str) else list(index)
+        self.shards = [s for ix in indexes for s in read_index(ix)]
         self.cols = [LABEL_NAMES.index(lab) for lab in labels]
         self.with_ivar = with_ivar
         # "flux": network input (normalised flux - 1); "spectrum": (n, 2, npix) flux and ivar;

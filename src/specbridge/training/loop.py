@@ -120,7 +120,7 @@ def load_resume(path: Path, key: str, log: logging.Logger) -> Checkpoint | None:
         return None
     ckpt = load_checkpoint(path, (RESUME_KIND,))
     if ckpt.meta.get("resume_key") != key or ckpt.training is None:
-        log.warning("ignoring %s: written for other settings or another model (fresh start)",
+        log.warning("ignoring %s: written for other settings, inputs or model (fresh start)",
                     path)
         return None
     return ckpt
