@@ -22,6 +22,9 @@ spectrum and the mock spectrum of its reference labels.
    the real spectrum replaced by the composite's, and the real spectrum's smooth shape (a
    101-pixel running mean of its 61-pixel running median ratio to the composite) swapped for
    the composite's. (d) A figure of the median residual real - composite per Teff bin.
+4. The emulator against the MILES stars it is built from (10-fold cross-validated residuals
+   ln(MILES / emulator)), per line window minus its 25 A surroundings, by Teff: whether the
+   mock's metal lines at a given label are MILES' own.
 """
 
 from __future__ import annotations
@@ -233,13 +236,40 @@ def real_against_mock(results: Path, name: str, figure: Path | None = None) -> l
     return out
 
 
+LINE_WINDOWS = {"H-delta": (4090, 4116), "Ca I 4227": (4222, 4234), "G band": (4295, 4315),
+                "H-gamma": (4330, 4354), "H-beta": (4850, 4876), "Mg b": (5160, 5190),
+                "Fe 5270": (5265, 5276), "Fe 5335": (5328, 5340)}
+
+
+def emulator_line_residuals(miles_dir: Path) -> list[str]:
+    """Part 4: median cross-validated line-window residual of MILES stars, [Fe/H] > -1."""
+    from specbridge.mock.emulator import crossval_residuals
+    from specbridge.mock.miles import load_miles
+
+    cv = crossval_residuals(load_miles(miles_dir))
+    w, r = cv["wave"], cv["resid"]
+    out = ["| MILES stars, [Fe/H] > -1 | n | " + " | ".join(LINE_WINDOWS) + " |",
+           "|---|---|" + "---|" * len(LINE_WINDOWS)]
+    for lo, hi in ((3800, 5000), (5000, 5500), (5500, 6000), (6000, 6500), (6500, 7500)):
+        sel = (cv["teff"] >= lo) & (cv["teff"] < hi) & (cv["feh"] > -1)
+        cells = []
+        for a, b in LINE_WINDOWS.values():
+            line = (w >= a) & (w < b)
+            side = ((w >= a - 25) & (w < a)) | ((w >= b) & (w < b + 25))
+            cells.append(f"{np.median(r[sel][:, line].mean(1) - r[sel][:, side].mean(1)):+.4f}")
+        out.append(f"| {lo}-{hi} K | {int(sel.sum())} | " + " | ".join(cells) + " |")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--figure", type=Path, default=None,
                    help="write the DR1 pilot set's residual figure (part 3d) here")
-    p.add_argument("--only-mock-comparison", action="store_true", help="part 3 only")
+    p.add_argument("--only-mock-comparison", action="store_true", help="parts 3 and 4 only")
+    p.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent
+                   / "shared" / "data", help="reference data (MILES for part 4)")
     a = p.parse_args()
     if not a.only_mock_comparison:
         print("\n".join(dr1_residuals(a.results)))
@@ -250,6 +280,7 @@ def main() -> None:
         print("\n".join(real_against_mock(a.results, name,
                                             a.figure if name == "dr1_pilot" else None)))
         print()
+    print("\n".join(emulator_line_residuals(a.shared / "miles")))
 
 
 if __name__ == "__main__":
