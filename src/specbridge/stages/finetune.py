@@ -82,7 +82,7 @@ def run(cfg: Mapping[str, Any], inputs: Mapping[str, Any], outputs: Mapping[str,
     net = _transfer_model(job, device)
     n_trainable = trainable_parameters(net)
     if env.is_main:
-        log.info("%s %s: %d of %d parameters trainable; %d training, %d validation DESI "
+        log.info("%s %s: %d of %d parameters trainable; %d training, %d validation "
                  "spectra; %d rank(s)", model, strategy, n_trainable,
                  sum(p.numel() for p in net.parameters()), train_set.n, val_set.n,
                  env.world_size)
@@ -155,7 +155,7 @@ def _desi_splits(job: _Job) -> tuple[LabelledShards, LabelledShards]:
     val_set = LabelledShards(source, split="val", **kw)
     batch = job.cfg["training"]["batch_size"]
     if val_set.n == 0 or (job.strategy != "zeroshot" and train_set.n < batch):
-        raise UserError(f"{train_set.n} training / {val_set.n} validation DESI spectra with "
+        raise UserError(f"{train_set.n} training / {val_set.n} validation spectra with "
                         "labels: too few to fine-tune")
     return train_set, val_set
 
