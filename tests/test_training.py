@@ -256,3 +256,44 @@ def test_n_labelled_trains_on_a_nested_subset_of_stars(lamost_index, tmp_path, t
                            0.15, max_rows=120)
     for a, b in zip(small.rows, large.rows, strict=True):
         assert np.isin(a, b).all()  # the smaller set is a subset of the larger one
+
+
+def test_specformer_pretrains_on_target_survey_training_stars(transfer_run, tmp_path,
+                                                               tool_env):
+    """training.specformer.target_spectra: the DESI spectra of training-split stars join the
+    corpus (unlabelled use), the validation and test stars stay out, and the embedding
+    statistics and probes still describe LAMOST."""
+    from specbridge.training.data import LabelledShards, holdout_stars
+
+    lamost, desi = (str(transfer_run["index"][s]) for s in ("lamost", "desi"))
+    ft = {"val_fraction": 0.25, "test_fraction": 0.25}
+    cfg = {"models": {"specformer": {"d_model": 16, "n_layers": 1, "n_heads": 2}},
+           "training": {"batch_size": 32, "epochs": 1, "val_fraction": 0.15,
+                        "specformer": {"target_spectra": True}},
+           "finetune": ft}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+
+    def pretrain(*extra):
+        return subprocess.run(["specbridge", "pretrain", "--config", str(p), "--model",
+                               "specformer", "--spectra", lamost, "--output",
+                               str(tmp_path / "sf.pt"), *extra],
+                              capture_output=True, text=True, env=tool_env, timeout=600)
+
+    r = pretrain()
+    assert r.returncode == 2 and "needs the target survey's index" in r.stderr
+    r = pretrain("--holdout", desi)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = load_checkpoint(tmp_path / "sf.pt", ("specformer",)).meta
+    held = holdout_stars(desi, ft["val_fraction"], ft["test_fraction"])
+    kw = {"labels": ["teff"], "val_fraction": 0.15, "require_labels": False,
+          "exclude_stars": held}
+    n = {f"{s}_{k}": LabelledShards(ix, split=k, **kw).n
+         for s, ix in (("lamost", lamost), ("desi", desi)) for k in ("train", "val")}
+    assert 0 < meta["n_target_spectra"] == n["desi_train"] + n["desi_val"]
+    assert meta["n_train_spectra"] == n["lamost_train"] + n["desi_train"]
+    assert meta["n_val_spectra"] == n["lamost_val"] + n["desi_val"]
+    desi_all = LabelledShards(desi, ["teff"], "train", 0.0, require_labels=False).n
+    assert meta["n_target_spectra"] < desi_all  # validation and test stars left out
+    # probes on LAMOST's labelled validation stars only
+    assert all(q["n_val"] <= n["lamost_val"] for q in meta["probe"].values())
