@@ -54,6 +54,7 @@ def finetune_all(results: Path, index: Path, out: Path) -> dict[str, Path]:
 
 def evaluate(index: Path, cands: dict[str, Path]) -> list[str]:
     """Markdown table of the candidates on the test half of ``index``."""
+    from specbridge import flags
     from specbridge.evaluation.bootstrap import bootstrap_interval, paired_difference
     from specbridge.inference.predict import load_candidates, predict, read_inputs
     from specbridge.io.shards import read_index
@@ -61,10 +62,12 @@ def evaluate(index: Path, cands: dict[str, Path]) -> list[str]:
 
     loaded = load_candidates(list(cands.values()))
     parts = [read_inputs(sh, {"flux"}) for sh in read_index(str(index))]
-    d = {k: np.concatenate([p[k] for p in parts]) for k in ("star", "labels", "flux", "usable")}
+    d = {k: np.concatenate([p[k] for p in parts])
+         for k in ("star", "labels", "flags", "flux", "usable")}
     split = assign_split(d["star"], VAL_FRACTION, TEST_FRACTION)
     n_stars = {k: np.unique(d["star"][split == c]).size for k, c in SPLIT_CODES.items()}
-    test = (split == SPLIT_CODES["test"]) & d["usable"]
+    bad_label = flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
+    test = (split == SPLIT_CODES["test"]) & d["usable"] & ((d["flags"] & bad_label) == 0)
     labels = loaded[0].labels
     pred = {c.strategy: predict(c, d["flux"][test], np.ones(int(test.sum()), bool))[0]
             for c in loaded}

@@ -263,7 +263,7 @@ def test_specformer_pretrains_on_target_survey_training_stars(transfer_run, tmp_
     """training.specformer.target_spectra: the DESI spectra of training-split stars join the
     corpus (unlabelled use), the validation and test stars stay out, and the embedding
     statistics and probes still describe LAMOST."""
-    from specbridge.training.data import LabelledShards, holdout_stars
+    from specbridge.training.data import LabelledShards, holdout_stars, split_stars
 
     lamost, desi = (str(transfer_run["index"][s]) for s in ("lamost", "desi"))
     ft = {"val_fraction": 0.25, "test_fraction": 0.25}
@@ -285,15 +285,20 @@ def test_specformer_pretrains_on_target_survey_training_stars(transfer_run, tmp_
     r = pretrain("--holdout", desi)
     assert r.returncode == 0, r.stderr[-3000:]
     meta = load_checkpoint(tmp_path / "sf.pt", ("specformer",)).meta
-    held = holdout_stars(desi, ft["val_fraction"], ft["test_fraction"])
+    # every DESI validation/test star is left out, labelled or not
+    labelled_held = holdout_stars(desi, ft["val_fraction"], ft["test_fraction"])
+    held = split_stars(desi, ft["val_fraction"], ft["test_fraction"])
+    assert np.isin(labelled_held, held).all()
     kw = {"labels": ["teff"], "val_fraction": 0.15, "require_labels": False,
           "exclude_stars": held}
-    n = {f"{s}_{k}": LabelledShards(ix, split=k, **kw).n
-         for s, ix in (("lamost", lamost), ("desi", desi)) for k in ("train", "val")}
+    sets = {f"{s}_{k}": LabelledShards(ix, split=k, **kw)
+            for s, ix in (("lamost", lamost), ("desi", desi)) for k in ("train", "val")}
+    n = {k: v.n for k, v in sets.items()}
     assert 0 < meta["n_target_spectra"] == n["desi_train"] + n["desi_val"]
     assert meta["n_train_spectra"] == n["lamost_train"] + n["desi_train"]
     assert meta["n_val_spectra"] == n["lamost_val"] + n["desi_val"]
     desi_all = LabelledShards(desi, ["teff"], "train", 0.0, require_labels=False).n
-    assert meta["n_target_spectra"] < desi_all  # validation and test stars left out
-    # probes on LAMOST's labelled validation stars only
-    assert all(q["n_val"] <= n["lamost_val"] for q in meta["probe"].values())
+    assert meta["n_target_spectra"] < desi_all
+    # probes on LAMOST's labelled validation spectra, exactly
+    n_lamost_val_teff = int(np.isfinite(sets["lamost_val"].labels[:, 0]).sum())
+    assert meta["probe"]["teff"]["n_val"] == n_lamost_val_teff

@@ -19,10 +19,10 @@ def sha256(path: str | Path) -> str:
 
 def inputs_digest(inputs: Mapping[str, Any]) -> str:
     """A short digest of the content of a stage's input files (``inputs``: name -> path or
-    None; absent and None entries count as absent). A training stage adds it to its resume
-    key, so that a rerun on changed inputs (new spectra, embeddings or pretrained weights)
-    starts afresh instead of resuming the previous inputs' checkpoint. Index files hold their
-    shards' fingerprints, so hashing the index covers the shards."""
+    None; a None or missing file counts as "no file" under its name). A training stage adds
+    it to its resume key, so that a rerun on changed inputs (new spectra, embeddings or
+    pretrained weights) starts afresh instead of resuming the previous inputs' checkpoint.
+    Index files hold their shards' fingerprints, so hashing the index covers the shards."""
     h = hashlib.sha256()
     for name in sorted(inputs):
         path = inputs[name]

@@ -191,12 +191,16 @@ def foundation_section(meta: dict[str, Any] | None, params: Any = None) -> list[
         return []
     out = ["<h2>The foundation model (SpecFormer)</h2>"]
     val, base = meta.get("val_loss"), meta.get("val_patch_mean_loss")
-    text = (f"<p>Pretrained self-supervised on {meta.get('n_train_spectra', '?')} LAMOST "
-            f"spectra, labelled or not ({meta.get('n_val_spectra', '?')} more for "
-            f"validation); {meta.get('n_excluded_holdout', 0)} LAMOST spectra of stars in the "
+    n_target = int(meta.get("n_target_spectra", 0) or 0)
+    text = (f"<p>Pretrained self-supervised on {meta.get('n_train_spectra', '?')} "
+            f"{'LAMOST and DESI' if n_target else 'LAMOST'} spectra, labelled or not "
+            f"({meta.get('n_val_spectra', '?')} more for validation"
+            + (f"; {n_target} of all these are DESI spectra of training-split stars, labels "
+               "unused" if n_target else "")
+            + f"); {meta.get('n_excluded_holdout', 0)} LAMOST spectra of stars in the "
             "DESI validation or test splits were left out. ")
     if val is not None and base:
-        text += (f"Masked-pixel reconstruction on validation: mean squared error "
+        text += (f"Masked-pixel reconstruction on LAMOST validation spectra: mean squared error "
                  f"{float(val):.4g} against {float(base):.4g} for predicting each hidden pixel "
                  f"by its patches' mean (ratio {float(val) / float(base):.3f}).")
     out.append(text + "</p>")

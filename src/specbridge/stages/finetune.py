@@ -211,7 +211,7 @@ def _train(job: _Job, net: nn.Module, train_set: LabelledShards, val_set: Labell
 
     workdir = training_workdir(outputs["checkpoint"], outputs.get("workdir"))
     net, state = train(net, nll_loss_sum(device), train_batches, validate, settings, workdir,
-                       env, device, {"strategy": job.strategy,
+                       env, device, {"strategy": job.strategy, "finetune": ft,
                                      "inputs": inputs_digest(job.inputs)}, log)
     return net, state.history, state.best_epoch
 

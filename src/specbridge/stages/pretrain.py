@@ -55,6 +55,10 @@ def run(cfg: Mapping[str, Any], inputs: Mapping[str, Any], outputs: Mapping[str,
         raise UserError(f"unknown model {model!r}; one of {MODELS}")
     if model == "emb_mlp" and not inputs.get("embeddings"):
         raise UserError("model emb_mlp needs the embeddings input (index HDF5 of embeddings)")
+    if (model == "specformer" and specformer_training(cfg["training"]).get("target_spectra")
+            and not inputs.get("holdout")):
+        raise UserError("training.specformer.target_spectra needs the target survey's index "
+                        "(--holdout)")
     from specbridge.parallel.ddp import destroy_distributed
     from specbridge.training.loop import start_ranks
 
@@ -66,6 +70,12 @@ def run(cfg: Mapping[str, Any], inputs: Mapping[str, Any], outputs: Mapping[str,
         _pretrain_mlp(cfg, model, inputs, outputs, env, device, held)
     destroy_distributed()
     return 0
+
+
+def _resume_settings(training: Mapping[str, Any]) -> dict[str, Any]:
+    """The training settings a resumable checkpoint must match (all but how the job is
+    laid out on the machine)."""
+    return {k: v for k, v in training.items() if k not in ("ddp_tasks", "threads_per_task")}
 
 
 def _workdir(outputs: Mapping[str, Any]) -> Path:
@@ -160,7 +170,7 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
 
     extra = {"labels": labels, "label_mean": mean, "label_std": std, "model": model,
              "hidden": list(mc["hidden"]), "dropout": mc["dropout"], "npix": npix,
-             "inputs": inputs_digest(inputs)}
+             "inputs": inputs_digest(inputs), "training": _resume_settings(tr)}
     settings = LoopSettings.from_config(tr, seed, train_set.n // tr["batch_size"])
     net, state = train(net, nll_loss_sum(device), train_batches, validate, settings,
                        _workdir(outputs), env, device, extra, log)
@@ -274,8 +284,9 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
     """Self-supervised masked-pixel pretraining of the SpecFormer on every usable LAMOST
     spectrum, labelled or not (and, with ``training.specformer.target_spectra``, the target
     survey's spectra of training-split stars); rank 0 measures the embedding quality on LAMOST
-    (reconstruction against the patch-mean baseline, linear probes, the out-of-domain score
-    distribution) and writes the checkpoint with the embedding statistics."""
+    validation spectra (reconstruction against the patch-mean baseline, linear probes, the
+    out-of-domain score distribution) and writes the checkpoint with the embedding
+    statistics."""
     import torch
 
     from specbridge.models.checkpoint import build_model
@@ -283,15 +294,20 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
     from specbridge.training.loop import LoopSettings, train
 
     tr, sc, seed = specformer_training(cfg["training"]), cfg["models"]["specformer"], cfg["seed"]
-    kw = {"labels": cfg["labels"], "val_fraction": tr["val_fraction"], "require_labels": False,
-          "with_ivar": True, "exclude_stars": held}
     corpus = [inputs["spectra"]]
     if tr.get("target_spectra"):
-        if not inputs.get("holdout"):
-            raise UserError("training.specformer.target_spectra needs the target survey's "
-                            "index (--holdout)")
+        from specbridge.training.data import split_stars
+
+        # every target-survey spectrum of a validation or test star stays out, labelled or not
         corpus.append(inputs["holdout"])
-    # the embedding statistics, probes and OOD quantiles describe the LAMOST domain only
+        ft = cfg["finetune"]
+        held = np.union1d(held if held is not None else np.zeros(0, np.int64),
+                          split_stars(inputs["holdout"], ft["val_fraction"],
+                                      ft["test_fraction"]))
+    kw = {"labels": cfg["labels"], "val_fraction": tr["val_fraction"], "require_labels": False,
+          "with_ivar": True, "exclude_stars": held}
+    # the embedding statistics, probes, OOD quantiles and the reconstruction figures stored
+    # with the checkpoint describe the LAMOST domain only
     lamost_train = LabelledShards(inputs["spectra"], split="train", **kw)
     lamost_val = LabelledShards(inputs["spectra"], split="val", **kw)
     train_set, val_set = lamost_train, lamost_val
@@ -304,8 +320,8 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
     n_held = _log_excluded((lamost_train, lamost_val), held)
     n_target = train_set.n + val_set.n - lamost_train.n - lamost_val.n
     if len(corpus) > 1 and env.is_main:
-        log.info("target-survey spectra in the corpus: %d of training-split stars (%d of "
-                 "validation/test stars left out)",
+        log.info("target-survey spectra in the corpus: %d of training-split stars (%d "
+                 "spectra of its validation/test stars left out)",
                  n_target, train_set.n_excluded + val_set.n_excluded - n_held)
     arch = {"npix": int(cfg["grid"]["npix"]), **sc}
     torch.manual_seed(seed)
@@ -321,17 +337,20 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
         return train_set.batches(epoch, tr["batch_size"], seed, env.rank, env.world_size)
 
     settings = LoopSettings.from_config(tr, seed, train_set.n // tr["batch_size"])
-    extra = {"model": "specformer", **arch, "inputs": inputs_digest(inputs)}
+    extra = {"model": "specformer", **arch, "inputs": inputs_digest(inputs),
+             "training": _resume_settings(tr)}
     net, state = train(net, task.loss_sum, train_batches, task.validate, settings,
                        _workdir(outputs), env, device, extra, log)
     if env.is_main:
         from specbridge.models.embedding_quality import measure
 
         net.eval()
+        if val_set is not lamost_val:
+            task = _MaskedLoss(net.npix, sc, lamost_val, seed, device)
         with torch.no_grad():
             val = task.validate(net)
-        log.info("validation masked-reconstruction loss %.4g; predicting each hidden pixel by "
-                 "its patches' mean: %.4g (ratio %.3f)", val, task.baseline,
+        log.info("LAMOST validation masked-reconstruction loss %.4g; predicting each hidden "
+                 "pixel by its patches' mean: %.4g (ratio %.3f)", val, task.baseline,
                  val / max(task.baseline, 1e-12))
         quality = measure(net, lamost_train, lamost_val, cfg["labels"], seed, device)
         for lab, q in quality["probe"].items():

@@ -7,6 +7,7 @@ see exactly what one rank with batch B sees. At most ``buffer_shards`` shards ar
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ class LabelledShards:
                  max_rows: int | None = None, exclude_stars: np.ndarray | None = None):
         if split not in SPLIT_CODES:
             raise ValueError(f"split {split!r} is not one of {sorted(SPLIT_CODES)}")
-        indexes = [index] if isinstance(index, str) else list(index)
+        indexes = [index] if isinstance(index, str | os.PathLike) else list(index)
         self.shards = [s for ix in indexes for s in read_index(ix)]
         self.cols = [LABEL_NAMES.index(lab) for lab in labels]
         self.with_ivar = with_ivar
@@ -162,6 +163,16 @@ class LabelledShards:
                     for key in pool}
             if last:
                 break
+
+
+def split_stars(index: str, val_fraction: float, test_fraction: float) -> np.ndarray:
+    """Sorted unique star keys (int64) of every row of the preprocessed survey ``index``,
+    labelled or not, usable or not, that falls in its validation or test split: the stars
+    whose spectra must stay out of self-supervised pretraining on that survey."""
+    keys = [d["star"][assign_split(d["star"], val_fraction, test_fraction)
+                      != SPLIT_CODES["train"]]
+            for d in (read_shard(s["path"], ("star",)) for s in read_index(index))]
+    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
 
 
 def holdout_stars(index: str, val_fraction: float, test_fraction: float) -> np.ndarray:
