@@ -263,7 +263,7 @@ def test_specformer_pretrains_on_target_survey_training_stars(transfer_run, tmp_
     """training.specformer.target_spectra: the DESI spectra of training-split stars join the
     corpus (unlabelled use), the validation and test stars stay out, and the embedding
     statistics and probes still describe LAMOST."""
-    from specbridge.training.data import LabelledShards, holdout_stars, split_stars
+    from specbridge.training.data import LabelledShards, holdout_stars
 
     lamost, desi = (str(transfer_run["index"][s]) for s in ("lamost", "desi"))
     ft = {"val_fraction": 0.25, "test_fraction": 0.25}
@@ -287,7 +287,7 @@ def test_specformer_pretrains_on_target_survey_training_stars(transfer_run, tmp_
     meta = load_checkpoint(tmp_path / "sf.pt", ("specformer",)).meta
     # every DESI validation/test star is left out, labelled or not
     labelled_held = holdout_stars(desi, ft["val_fraction"], ft["test_fraction"])
-    held = split_stars(desi, ft["val_fraction"], ft["test_fraction"])
+    held = holdout_stars(desi, ft["val_fraction"], ft["test_fraction"], labelled_only=False)
     assert np.isin(labelled_held, held).all()
     kw = {"labels": ["teff"], "val_fraction": 0.15, "require_labels": False,
           "exclude_stars": held}

@@ -296,14 +296,14 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
     tr, sc, seed = specformer_training(cfg["training"]), cfg["models"]["specformer"], cfg["seed"]
     corpus = [inputs["spectra"]]
     if tr.get("target_spectra"):
-        from specbridge.training.data import split_stars
+        from specbridge.training.data import holdout_stars
 
         # every target-survey spectrum of a validation or test star stays out, labelled or not
+        # (a superset of the labelled held-out stars)
         corpus.append(inputs["holdout"])
         ft = cfg["finetune"]
-        held = np.union1d(held if held is not None else np.zeros(0, np.int64),
-                          split_stars(inputs["holdout"], ft["val_fraction"],
-                                      ft["test_fraction"]))
+        held = holdout_stars(inputs["holdout"], ft["val_fraction"], ft["test_fraction"],
+                             labelled_only=False)
     kw = {"labels": cfg["labels"], "val_fraction": tr["val_fraction"], "require_labels": False,
           "with_ivar": True, "exclude_stars": held}
     # the embedding statistics, probes, OOD quantiles and the reconstruction figures stored

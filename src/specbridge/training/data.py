@@ -165,25 +165,19 @@ class LabelledShards:
                 break
 
 
-def split_stars(index: str, val_fraction: float, test_fraction: float) -> np.ndarray:
-    """Sorted unique star keys (int64) of every row of the preprocessed survey ``index``,
-    labelled or not, usable or not, that falls in its validation or test split: the stars
-    whose spectra must stay out of self-supervised pretraining on that survey."""
-    keys = [d["star"][assign_split(d["star"], val_fraction, test_fraction)
-                      != SPLIT_CODES["train"]]
-            for d in (read_shard(s["path"], ("star",)) for s in read_index(index))]
-    return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
-
-
-def holdout_stars(index: str, val_fraction: float, test_fraction: float) -> np.ndarray:
-    """Sorted unique star keys (int64) of the labelled, usable rows of the preprocessed survey
-    ``index`` that fall in its validation or test split (``assign_split(star, val_fraction,
-    test_fraction)``): the stars another survey's training must not see."""
+def holdout_stars(index: str, val_fraction: float, test_fraction: float,
+                  labelled_only: bool = True) -> np.ndarray:
+    """Sorted unique star keys (int64) of the rows of the preprocessed survey ``index`` that
+    fall in its validation or test split (``assign_split(star, val_fraction,
+    test_fraction)``): with ``labelled_only`` the labelled, usable rows (the stars another
+    survey's supervised training must not see), else every row, labelled or not (the stars
+    whose spectra must stay out of self-supervised pretraining on that survey)."""
     bad = flags.FATAL_MASK | flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
     keys = []
     for s in read_index(index):
-        d = read_shard(s["path"], ("star", "flags", "labels"))
-        keep = ((d["flags"] & bad) == 0) & np.isfinite(d["labels"]).any(axis=1)
-        keep &= assign_split(d["star"], val_fraction, test_fraction) != SPLIT_CODES["train"]
+        d = read_shard(s["path"], ("star", "flags", "labels") if labelled_only else ("star",))
+        keep = assign_split(d["star"], val_fraction, test_fraction) != SPLIT_CODES["train"]
+        if labelled_only:
+            keep &= ((d["flags"] & bad) == 0) & np.isfinite(d["labels"]).any(axis=1)
         keys.append(d["star"][keep])
     return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
