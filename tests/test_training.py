@@ -103,6 +103,53 @@ def test_mlp_learns_the_labels(lamost_index, tmp_path, tool_env):
     assert ck["history"][-1]["val_loss"] < ck["history"][0]["val_loss"]
 
 
+def _degraded_val_sigma(model_path, index, snr, seed=0):
+    """Robust sigma (n_labels,) of a pretrained MLP on the validation spectra of ``index``
+    degraded to ``snr`` (standardised label units)."""
+    import torch
+
+    from specbridge.models.checkpoint import load_model
+    from specbridge.training.augment import spectrum_snr
+    from specbridge.training.data import LabelledShards, network_input
+
+    net, ck = load_model(model_path)
+    labels = ck.meta["labels"]
+    val = LabelledShards(index, labels, "val", 0.15, with_ivar=True)
+    mean, std = np.asarray(ck.meta["label_mean"]), np.asarray(ck.meta["label_std"])
+    gen = torch.Generator().manual_seed(seed)
+    res = []
+    for b in val.batches(0, 512, seed, mean=mean, std=std, shuffle=False, drop_last=False):
+        flux, ivar = torch.from_numpy(b.flux), torch.from_numpy(b.ivar)
+        frac = (snr / spectrum_snr(flux, ivar).clamp(min=snr)) ** 2
+        ivar2 = ivar * frac[:, None]
+        extra = torch.where(ivar > 0, 1 / ivar2.clamp(min=1e-30) - 1 / ivar.clamp(min=1e-30),
+                            torch.zeros_like(ivar)).clamp(min=0)
+        flux2 = flux + torch.randn(flux.shape, generator=gen) * extra.sqrt()
+        with torch.no_grad():
+            mu, _ = net(torch.from_numpy(network_input(flux2.numpy(), ivar2.numpy())))
+        res.append(mu.numpy() - b.y)
+    r = np.concatenate(res)
+    return np.array([robust_sigma(r[np.isfinite(r[:, j]), j]) for j in range(r.shape[1])])
+
+
+@pytest.mark.mpi
+def test_snr_augmentation_makes_the_mlp_robust_to_noise(lamost_index, tmp_path, tool_env):
+    """training.snr_augment: the MLP sees noisier copies and does better than the same MLP
+    trained without them on validation spectra degraded to S/N 5; degrade_snr's own
+    statistics are tested in test_augment.py."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = _config(tmp_path / "a", epochs=8)
+    aug = _config(tmp_path / "b", epochs=8, snr_augment={"fraction": 0.5, "snr_min": 3.0})
+    _finish(_pretrain(plain, lamost_index, tmp_path / "plain.pt", tool_env))
+    err = _finish(_pretrain(aug, lamost_index, tmp_path / "aug.pt", tool_env))
+    assert "S/N augmentation: 50 % of training spectra" in err
+    s_plain = _degraded_val_sigma(tmp_path / "plain.pt", lamost_index, 5.0)
+    s_aug = _degraded_val_sigma(tmp_path / "aug.pt", lamost_index, 5.0)
+    # measured: 0.46/0.66/0.59/0.86 against 0.59/0.73/0.70/0.95 (label spread units)
+    assert (s_aug < s_plain).all() and s_aug.mean() < 0.92 * s_plain.mean(), (s_aug, s_plain)
+
+
 def test_robust_sigma_known_answers():
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, 2.0, 200_000)
@@ -198,6 +245,33 @@ def test_embeddings_and_embedding_mlp(lamost_index, tmp_path, tool_env, mpiexec)
     run("specbridge", "pretrain", "--model", "emb_mlp", "--spectra", str(lamost_index),
         "--embeddings", str(emb), "--output", str(tmp_path / "emb_mlp.pt"))
     ck = load_checkpoint(tmp_path / "emb_mlp.pt", ("emb_mlp",)).meta
+    for lab in ("teff", "feh"):
+        assert ck["val_robust_sigma"][lab] < 0.8 * ck["val_label_spread"][lab], ck
+
+    # S/N augmentation of the embedding MLP: embeddings of degraded copies beside the clean
+    # ones (the clean ones unchanged), which the augmented MLP requires
+    cfg["training"]["snr_augment"] = {"fraction": 0.5, "snr_min": 3.0}
+    p.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(["specbridge", "pretrain", "--model", "emb_mlp", "--spectra",
+                        str(lamost_index), "--embeddings", str(emb), "--output",
+                        str(tmp_path / "x.pt"), "--config", str(p)],
+                       capture_output=True, text=True, env=tool_env, timeout=600)
+    assert r.returncode != 0 and "no embedding_degraded" in r.stderr, r.stderr[-2000:]
+    emb2 = tmp_path / "emb2" / "index.h5"
+    run(mpiexec, "-n", "2", "specbridge", "embed", "--model", str(tmp_path / "sf.pt"),
+        "--spectra", str(lamost_index), "--output", str(emb2), "--no-ood-scores",
+        "--degraded-snr-min", "3")
+    d2 = [read_shard(s["path"], ("embedding", "embedding_degraded", "specid"))
+          for s in read_index(emb2)]
+    e2 = np.concatenate([d["embedding"] for d in d2])
+    deg = np.concatenate([d["embedding_degraded"] for d in d2])
+    assert np.allclose(e2, e, atol=1e-5) and deg.shape == e.shape and np.isfinite(deg).all()
+    # a degraded copy moves the embedding, by less than the spread between spectra
+    shift = np.linalg.norm(deg - e, axis=1)
+    assert 0 < np.median(shift) < np.median(np.linalg.norm(e - e[::-1], axis=1))
+    run("specbridge", "pretrain", "--model", "emb_mlp", "--spectra", str(lamost_index),
+        "--embeddings", str(emb2), "--output", str(tmp_path / "emb_mlp_aug.pt"))
+    ck = load_checkpoint(tmp_path / "emb_mlp_aug.pt", ("emb_mlp",)).meta
     for lab in ("teff", "feh"):
         assert ck["val_robust_sigma"][lab] < 0.8 * ck["val_label_spread"][lab], ck
 

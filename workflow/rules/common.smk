@@ -109,6 +109,15 @@ def ood_scores_arg(wildcards):
     return "" if wildcards.survey == "desi" else "--no-ood-scores"
 
 
+def degraded_copies_arg(wildcards):
+    """With training.snr_augment on, the pretraining survey's embeddings also hold a
+    degraded copy of each spectrum, for the S/N-augmented embedding MLP."""
+    a = config["training"].get("snr_augment") or {}
+    if wildcards.survey != "lamost" or not a.get("fraction", 0) > 0:
+        return ""
+    return f"--degraded-snr-min {a.get('snr_min', 3.0)}"
+
+
 def training_threads():
     """Cores a local training job reserves: its DDP ranks times each rank's threads."""
     t = config["training"]

@@ -72,6 +72,7 @@ rule embed:
         config=CONFIG_FILE,
         settings=stage_settings("embed"),
         ood=ood_scores_arg,
+        degraded=degraded_copies_arg,
     log:
         log_path("embed_{survey}"),
     benchmark:
@@ -89,6 +90,7 @@ rule embed:
     shell:
         "{resources.mpi} -n {resources.tasks} specbridge embed --config {params.config} "
         "--model {input.model} --spectra {input.spectra} --output {output} {params.ood} "
+        "{params.degraded} "
         "> {log} 2>&1"
 
 

@@ -13,7 +13,8 @@ def run(args: argparse.Namespace) -> int:
     comm, cfg = mpi_stage_config(args)
     return embed.run(cfg, {"model": args.model, "spectra": args.spectra},
                      {"index": args.output}, comm, force=args.force,
-                     ood_scores=not args.no_ood_scores)
+                     ood_scores=not args.no_ood_scores,
+                     degraded_snr_min=args.degraded_snr_min)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,4 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ood-scores", action="store_true",
                    help="skip the out-of-domain scores (4 more passes per spectrum; "
                         "ood_score is NaN)")
+    p.add_argument("--degraded-snr-min", type=float, default=None, metavar="SNR",
+                   help="also embed one copy of each spectrum degraded to an S/N between "
+                        "SNR and its own (embedding_degraded: training data for an "
+                        "S/N-augmented embedding MLP; twice the embedding time)")
     p.set_defaults(func=run)

@@ -74,11 +74,11 @@ def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], attrs: dict[st
 def write_embedding_shard(path: str | Path, arrays: dict[str, np.ndarray],
                           attrs: dict[str, Any]) -> None:
     """A shard of SpecFormer embeddings: ``embedding`` f4 (n, d), ``ood_score`` and
-    ``ood_distance`` f4 (n,) when given, plus the row fields of the spectra shard it was made
-    from; written atomically, ``complete`` last."""
+    ``ood_distance`` f4 (n,) and ``embedding_degraded`` f4 (n, d) when given, plus the row
+    fields of the spectra shard it was made from; written atomically, ``complete`` last."""
     emb = arrays["embedding"].astype(np.float32, copy=False)
     extra = {k: arrays[k].astype(np.float32, copy=False)
-             for k in ("ood_score", "ood_distance") if k in arrays}
+             for k in ("ood_score", "ood_distance", "embedding_degraded") if k in arrays}
     write_arrays(path, {"embedding": emb, **extra, **{f: arrays[f] for f in ROW_FIELDS}},
                  attrs, emb.shape[0])
 
@@ -93,6 +93,12 @@ def shard_is_complete(path: str | Path, n: int, settings_hash: str) -> bool:
                     and h[main].shape[0] == n)
     except (OSError, KeyError, StopIteration):
         return False
+
+
+def shard_has(path: str | Path, field: str) -> bool:
+    """Whether the shard at ``path`` holds the dataset ``field``."""
+    with h5py.File(path, "r") as h:
+        return field in h
 
 
 def read_shard(path: str | Path, fields: tuple[str, ...] = ("flux", "ivar", "mask"),

@@ -13,8 +13,11 @@ every patch token that covers a hidden pixel is replaced by a learned mask token
 hidden pixels are left out of the standardisation, so no hidden value reaches the encoder.
 Each token reconstructs its patch; a pixel's reconstruction is the mean over the tokens that
 cover it. The loss is the plain mean squared error over hidden usable pixels of the
-standardised flux (so high-S/N spectra do not dominate a batch). The embedding is the mean
-over the output patch tokens (d_model), standardised downstream with stored statistics.
+standardised flux (so high-S/N spectra do not dominate a batch). With S/N augmentation
+(:mod:`specbridge.training.augment`) the encoder sees a noisier copy and is scored against the
+spectrum as observed, so it learns what a noisy spectrum's lines are, not its noise. The
+embedding is the mean over the output patch tokens (d_model), standardised downstream with
+stored statistics.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ class SpecFormer(nn.Module):
         return (out / self.coverage)[:, :self.npix]
 
     def encode(self, flux: torch.Tensor, ivar: torch.Tensor,
-               hidden: torch.Tensor | None = None,
+               hidden: torch.Tensor | None = None, target: torch.Tensor | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Output tokens (batch, n_patches, d_model), the standardised flux (batch, npix; hidden
         pixels included, standardised with the visible pixels' statistics) and each
@@ -135,8 +138,13 @@ class SpecFormer(nn.Module):
 
         ``hidden`` (batch, npix) bool: pixels kept from the encoder; every token covering one
         is replaced by the mask token and they do not enter the standardisation.
+        ``target`` (batch, npix): returned standardised (with ``flux``'s statistics) in place
+        of ``flux``, for denoising (``flux`` a noisier copy of ``target``).
         """
         x, stats, sd = self.standardise(flux, ivar, hidden)
+        x_out = x
+        if target is not None:
+            x_out = torch.where(ivar > 0, (target - stats[:, :1]) / sd, torch.zeros_like(x))
         seen = x if hidden is None else torch.where(hidden, torch.zeros_like(x), x)
         tok = self.patch_embed(self.patches(seen))
         if hidden is not None:
@@ -147,7 +155,7 @@ class SpecFormer(nn.Module):
         for block in self.blocks:
             tok = block(tok)
         out = self.norm(tok)
-        return out[:, 1:], x, sd
+        return out[:, 1:], x_out, sd
 
     def embed(self, flux: torch.Tensor, ivar: torch.Tensor) -> torch.Tensor:
         """(batch, embed_dim = pool_regions x d_model) the means of the output patch tokens
@@ -161,26 +169,31 @@ class SpecFormer(nn.Module):
                          dim=1)
 
     def forward(self, flux: torch.Tensor, ivar: torch.Tensor, hidden: torch.Tensor,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked reconstruction loss, loss of predicting each hidden pixel by the mean of
-        its patches) - forward() so that DDP sees the training computation."""
-        return self.masked_loss(flux, ivar, hidden, with_baseline=True)
+        its patches) - forward() so that DDP sees the training computation. ``target``: see
+        :meth:`masked_loss`."""
+        return self.masked_loss(flux, ivar, hidden, with_baseline=True, target=target)
 
     def reconstruction(self, flux: torch.Tensor, ivar: torch.Tensor, hidden: torch.Tensor,
+                       target: torch.Tensor | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(prediction, standardised target x, std), each pixel predicted from the encoder
         that did not see ``hidden``: prediction and x (batch, npix) in standardised units
-        (the target is computed with the visible pixels' mean and std), std (batch, 1)."""
-        out, x, sd = self.encode(flux, ivar, hidden)
+        (the target, ``flux`` or ``target``, is computed with the visible pixels' mean and
+        std of ``flux``), std (batch, 1)."""
+        out, x, sd = self.encode(flux, ivar, hidden, target)
         return self.unpatch(self.reconstruct(out)), x, sd
 
     def masked_loss(self, flux: torch.Tensor, ivar: torch.Tensor, hidden: torch.Tensor,
-                    with_baseline: bool = False):
+                    with_baseline: bool = False, target: torch.Tensor | None = None):
         """Mean squared error of the reconstruction over the hidden usable pixels (standardised
         flux units), pooled over the batch; with ``with_baseline`` also that of the baseline
         predicting each hidden pixel by the mean over its patches of their hidden usable
-        pixels' true values (an oracle of the local level)."""
-        pred, x, _ = self.reconstruction(flux, ivar, hidden)
+        pixels' true values (an oracle of the local level). With ``target`` (batch, npix),
+        the flux that ``flux`` is a noisier copy of, the reconstruction is scored against it
+        (denoising)."""
+        pred, x, _ = self.reconstruction(flux, ivar, hidden, target)
         m = hidden & (ivar > 0)
         n = m.sum().clamp(min=1)
         loss = torch.where(m, (pred - x) ** 2, torch.zeros_like(x)).sum() / n

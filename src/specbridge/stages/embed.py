@@ -39,10 +39,10 @@ BATCH = 256
 
 
 def plan(model_path: str | Path, spectra_index: str | Path, out_dir: Path,
-         ood_scores: bool = True) -> list[ShardTask]:
+         ood_scores: bool = True, degraded_snr_min: float | None = None) -> list[ShardTask]:
     """One task per spectra shard, fingerprinted by that shard's fingerprint, the SpecFormer
-    checkpoint's SHA-256, whether scores are computed and the code version (read on rank
-    0)."""
+    checkpoint's SHA-256, whether scores and degraded copies are computed and the code version
+    (read on rank 0)."""
     from specbridge.digest import sha256
     from specbridge.errors import UserError, describe
     from specbridge.io.shards import read_index
@@ -55,7 +55,8 @@ def plan(model_path: str | Path, spectra_index: str | Path, out_dir: Path,
                         ) from None
     fps = input_fingerprints(shards)
     return [ShardTask(i, s["first_row"], s["n"], str(out_dir / f"emb-{i:06d}.h5"),
-                      fingerprint(fp, model_digest, ood_scores, __version__),
+                      fingerprint(fp, model_digest, ood_scores, degraded_snr_min,
+                                  __version__),
                       inputs={"spectra": s["path"]})
             for i, (s, fp) in enumerate(zip(shards, fps, strict=True))]
 
@@ -80,24 +81,34 @@ def embed_rows(model: Any, flux: np.ndarray, ivar: np.ndarray, usable: np.ndarra
 
 
 def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
-        comm: Any = None, *, force: bool = False, ood_scores: bool = True) -> int:
+        comm: Any = None, *, force: bool = False, ood_scores: bool = True,
+        degraded_snr_min: float | None = None) -> int:
     """Embed the spectra of ``inputs['spectra']`` (index HDF5) with the SpecFormer
     ``inputs['model']``, with their out-of-domain scores unless not ``ood_scores`` (then
-    NaN); writes ``outputs['index']`` and ``shards/`` beside it."""
+    NaN); writes ``outputs['index']`` and ``shards/`` beside it. With ``degraded_snr_min``
+    each shard also holds ``embedding_degraded``: the embedding of one copy of each spectrum
+    degraded to an S/N log-uniform between that and its own
+    (:func:`specbridge.training.augment.degrade_snr`; the noise seeded by the shard's first
+    row, so the same on any number of ranks), on which an S/N-augmented embedding MLP
+    trains."""
     import time
 
     cfg = declared(cfg, CONFIG_SECTIONS)
+    if degraded_snr_min is not None and not degraded_snr_min > 0:
+        from specbridge.errors import UserError
+        raise UserError(f"--degraded-snr-min {degraded_snr_min}: must be a positive S/N")
     log = rank0_logger("specbridge.embed", comm)
     out = Path(outputs["index"])
     t0 = time.monotonic()
     tasks = bcast_from_rank0(comm, lambda: plan(inputs["model"], inputs["spectra"],
-                                                out.parent / "shards", ood_scores))
+                                                out.parent / "shards", ood_scores,
+                                                degraded_snr_min))
     return run_or_abort(comm, log, _run, inputs, out, tasks, comm, log, force, t0,
-                        ood_scores)
+                        ood_scores, degraded_snr_min)
 
 
 def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float,
-         ood_scores: bool = True) -> int:
+         ood_scores: bool = True, degraded_snr_min: float | None = None) -> int:
     import time
 
     import torch
@@ -106,6 +117,7 @@ def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float,
     from specbridge.io.shards import ROW_FIELDS, read_shard, write_embedding_shard
     from specbridge.models.checkpoint import load_model
     from specbridge.parallel.ddp import inference_device
+    from specbridge.training.augment import degrade_snr
 
     local_rank, local_size = node_rank_size(comm)
     torch.set_num_threads(cores_per_rank(local_size))
@@ -127,12 +139,20 @@ def _run(inputs, out: Path, tasks, comm, log, force: bool, t0: float,
         score = (spectrum_scores(model, d["flux"], d["ivar"], usable) if ood_scores
                  else np.full(len(usable), np.nan, np.float32))
         dist = density_distance(emb, density).astype(np.float32)
-        return ShardResult({"embedding": emb, "ood_score": score, "ood_distance": dist,
-                            **{f: d[f] for f in ROW_FIELDS}})
+        arrays = {"embedding": emb, "ood_score": score, "ood_distance": dist,
+                  **{f: d[f] for f in ROW_FIELDS}}
+        if degraded_snr_min is not None:
+            gen = torch.Generator().manual_seed(int(task.first_row))
+            flux, ivar = degrade_snr(torch.from_numpy(d["flux"]), torch.from_numpy(d["ivar"]),
+                                     1.0, degraded_snr_min, gen)
+            arrays["embedding_degraded"] = embed_rows(model, flux.numpy(), ivar.numpy(),
+                                                      usable, mean, std)
+        return ShardResult(arrays)
 
     job = ShardJob("embed", tasks, compute, out, {
         "dim": int(mean.size), "spectra": str(inputs["spectra"]),
         "specformer": str(inputs["model"]),
+        "degraded_snr_min": -1.0 if degraded_snr_min is None else float(degraded_snr_min),
         "ood_score_quantiles": json.dumps(list(ck.meta.get("ood_score_quantiles", []))),
         "ood_distance_quantiles": json.dumps(list(ck.meta.get("ood_distance_quantiles", [])))},
         write=lambda p, a, at, _n: write_embedding_shard(p, a, at), force=force)

@@ -105,16 +105,19 @@ def _log_excluded(sets: tuple[LabelledShards, ...], held: np.ndarray | None) -> 
 
 
 def _labelled_splits(source: str, labels: list[str], tr: Mapping[str, Any], feature: str,
-                     held: np.ndarray | None = None
+                     held: np.ndarray | None = None, augment: bool = False,
                      ) -> tuple[LabelledShards, LabelledShards]:
     """Training and validation rows with labels of the index ``source``, without the stars
-    ``held`` (training rows: at most ``training.max_labelled``, by a hash of the star);
-    UserError when there are fewer training rows than one batch or no validation
-    row."""
+    ``held`` (training rows: at most ``training.max_labelled``, by a hash of the star; with
+    ``augment`` their batches also carry what S/N augmentation needs: flux and ivar, or the
+    embeddings of degraded copies); UserError when there are fewer training rows than one
+    batch or no validation row."""
     from specbridge.training.data import LabelledShards
 
     train_set = LabelledShards(source, labels, "train", tr["val_fraction"], feature=feature,
-                               exclude_stars=held, max_rows=tr.get("max_labelled"))
+                               exclude_stars=held, max_rows=tr.get("max_labelled"),
+                               with_ivar=augment and feature == "flux",
+                               with_degraded=augment and feature == "embedding")
     val_set = LabelledShards(source, labels, "val", tr["val_fraction"], feature=feature,
                              exclude_stars=held)
     if train_set.n < tr["batch_size"] or val_set.n == 0:
@@ -140,14 +143,19 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
     import torch
 
     from specbridge.models.checkpoint import build_model, mlp_arch
+    from specbridge.training.augment import augment_settings
     from specbridge.training.loop import LoopSettings, train
     from specbridge.training.supervised import mean_nll, nll_loss_sum, predict_split
 
     tr, labels, seed = cfg["training"], cfg["labels"], cfg["seed"]
     on_emb = model == "emb_mlp"
     source = inputs["embeddings"] if on_emb else inputs["spectra"]
+    # S/N augmentation: the MLP degrades its spectra per batch; the embedding MLP draws on
+    # the embeddings of degraded copies that the embed stage wrote
+    augment = augment_settings(tr)
     train_set, val_set = _labelled_splits(source, labels, tr,
-                                          "embedding" if on_emb else "flux", held)
+                                          "embedding" if on_emb else "flux", held,
+                                          augment=augment[0] > 0)
     n_held = _log_excluded((train_set, val_set), held)
     mean, std = train_set.label_stats()
     std = np.where(std > 0, std, 1.0)
@@ -160,6 +168,10 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
         log.info("%s: %d parameters; %d training, %d validation spectra; %d rank(s)",
                  model, sum(p.numel() for p in net.parameters()), train_set.n,
                  val_set.n, env.world_size)
+        if augment[0] > 0:
+            log.info("S/N augmentation: %.0f %% of training spectra seen degraded to an S/N "
+                     "between %g and their own%s", 100 * augment[0], augment[1],
+                     " (embeddings of degraded copies)" if on_emb else "")
 
     def train_batches(epoch: int):
         return train_set.batches(epoch, tr["batch_size"], seed, env.rank, env.world_size,
@@ -172,7 +184,7 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
              "hidden": list(mc["hidden"]), "dropout": mc["dropout"], "npix": npix,
              "inputs": inputs_digest(inputs), "training": _resume_settings(tr)}
     settings = LoopSettings.from_config(tr, seed, train_set.n // tr["batch_size"])
-    net, state = train(net, nll_loss_sum(device), train_batches, validate, settings,
+    net, state = train(net, nll_loss_sum(device, augment), train_batches, validate, settings,
                        _workdir(outputs), env, device, extra, log)
     if env.is_main:
         sig, spread = _report_mlp(net, val_set, mean, std, labels, device, seed)
@@ -232,9 +244,10 @@ class _MaskedLoss:
     (each hidden pixel predicted by its patches' mean of the true hidden values)."""
 
     def __init__(self, npix: int, sc: Mapping[str, Any], val_set: LabelledShards,
-                 seed: int, device: torch.device):
+                 seed: int, device: torch.device, augment: tuple[float, float] = (0.0, 3.0)):
         self.npix, self.sc, self.val_set = npix, sc, val_set
         self.seed, self.device = seed, device
+        self.augment = augment  # (fraction, snr_min) of training spectra degraded in S/N
         self.baseline = float("nan")
 
     def masks(self, b: int, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -245,12 +258,20 @@ class _MaskedLoss:
                          gen).to(self.device)
 
     def loss_sum(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
-        """Summed loss of a batch and its number of spectra."""
+        """Summed loss of a batch and its number of spectra; with S/N augmentation a
+        fraction of the spectra is seen degraded and scored against the observed flux."""
         import torch
+
+        from specbridge.training.augment import degrade_snr
 
         flux = torch.from_numpy(batch.flux).to(self.device)
         ivar = torch.from_numpy(batch.ivar).to(self.device)
-        loss, _ = net(flux, ivar, self.masks(flux.shape[0]))
+        hidden = self.masks(flux.shape[0])
+        if self.augment[0] > 0:
+            seen, seen_ivar = degrade_snr(flux, ivar, *self.augment)
+            loss, _ = net(seen, seen_ivar, hidden, flux)
+        else:
+            loss, _ = net(flux, ivar, hidden)
         return loss * flux.shape[0], flux.shape[0]
 
     def validate(self, net: nn.Module) -> float:
@@ -290,6 +311,7 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
     import torch
 
     from specbridge.models.checkpoint import build_model
+    from specbridge.training.augment import augment_settings
     from specbridge.training.data import LabelledShards
     from specbridge.training.loop import LoopSettings, train
 
@@ -331,7 +353,11 @@ def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],
                  "not); %d rank(s); lr %.3g, batch %d, %d epochs, schedule %s",
                  sum(p.numel() for p in net.parameters()), train_set.n, val_set.n,
                  env.world_size, tr["lr"], tr["batch_size"], tr["epochs"], tr["schedule"])
-    task = _MaskedLoss(net.npix, sc, val_set, seed, device)
+    augment = augment_settings(tr)
+    if env.is_main and augment[0] > 0:
+        log.info("S/N augmentation: %.0f %% of training spectra seen degraded to an S/N "
+                 "between %g and their own (denoising)", 100 * augment[0], augment[1])
+    task = _MaskedLoss(net.npix, sc, val_set, seed, device, augment)
 
     def train_batches(epoch: int):
         return train_set.batches(epoch, tr["batch_size"], seed, env.rank, env.world_size)

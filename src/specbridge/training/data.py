@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from specbridge import flags
-from specbridge.io.shards import LABEL_NAMES, read_index, read_shard
+from specbridge.errors import UserError
+from specbridge.io.shards import LABEL_NAMES, read_index, read_shard, shard_has
 from specbridge.splits import SPLIT_CODES, assign_split, split_fraction
 
 
@@ -28,6 +29,7 @@ class Batch:
     y_err: np.ndarray
     flux: np.ndarray | None = None
     ivar: np.ndarray | None = None
+    x_degraded: np.ndarray | None = None  # (b, d) embeddings of S/N-degraded copies
 
 
 def network_input(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
@@ -54,13 +56,23 @@ class LabelledShards:
                  val_fraction: float,
                  require_labels: bool = True, with_ivar: bool = False,
                  feature: str = "flux", test_fraction: float = 0.0,
-                 max_rows: int | None = None, exclude_stars: np.ndarray | None = None):
+                 max_rows: int | None = None, exclude_stars: np.ndarray | None = None,
+                 with_degraded: bool = False):
         if split not in SPLIT_CODES:
             raise ValueError(f"split {split!r} is not one of {sorted(SPLIT_CODES)}")
         indexes = [index] if isinstance(index, str | os.PathLike) else list(index)
         self.shards = [s for ix in indexes for s in read_index(ix)]
         self.cols = [LABEL_NAMES.index(lab) for lab in labels]
         self.with_ivar = with_ivar
+        # feature "embedding": batches also carry the embeddings of degraded copies
+        self.with_degraded = with_degraded
+        if with_degraded and feature != "embedding":
+            raise ValueError("with_degraded needs feature 'embedding'")
+        if with_degraded:
+            for s in self.shards:
+                if not shard_has(s["path"], "embedding_degraded"):
+                    raise UserError(f"{s['path']}: no embedding_degraded (embed the training "
+                                    "survey with --degraded-snr-min)")
         # "flux": network input (normalised flux - 1); "spectrum": (n, 2, npix) flux and ivar;
         # "embedding": SpecFormer embeddings (embedding shards)
         self.feature = feature
@@ -107,10 +119,15 @@ class LabelledShards:
     def _load(self, k: int) -> dict[str, np.ndarray]:
         rows = self.rows[k] if self.rows[k].size else slice(0, 0)
         if self.feature == "embedding":
-            d = read_shard(self.shards[k]["path"], ("embedding", "labels", "label_errors"),
-                           rows=rows)
-            return {"x": d["embedding"].astype(np.float32), "y": d["labels"][:, self.cols],
-                    "e": d["label_errors"][:, self.cols]}
+            names = ("embedding", "labels", "label_errors")
+            if self.with_degraded:
+                names += ("embedding_degraded",)
+            d = read_shard(self.shards[k]["path"], names, rows=rows)
+            out = {"x": d["embedding"].astype(np.float32), "y": d["labels"][:, self.cols],
+                   "e": d["label_errors"][:, self.cols]}
+            if self.with_degraded:
+                out["x_degraded"] = d["embedding_degraded"].astype(np.float32)
+            return out
         d = read_shard(self.shards[k]["path"], ("flux", "ivar", "labels", "label_errors"),
                        rows=rows)
         if self.feature == "spectrum":  # raw flux and ivar, for the SpecFormer
@@ -136,7 +153,8 @@ class LabelledShards:
         order = rng.permutation(len(self.shards)) if shuffle else np.arange(len(self.shards))
         mean = np.zeros(len(self.cols)) if mean is None else mean
         std = np.ones(len(self.cols)) if std is None else std
-        keys = ("x", "y", "e", "flux", "ivar") if self.with_ivar else ("x", "y", "e")
+        keys = ("x", "y", "e") + (("flux", "ivar") if self.with_ivar else ()) + (
+            ("x_degraded",) if self.with_degraded else ())
         pool: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         pending = list(order)
         while pending or pool["x"]:
@@ -157,7 +175,8 @@ class LabelledShards:
                 yield Batch(cat["x"][mine], ((cat["y"][mine] - mean) / std).astype(np.float32),
                             (cat["e"][mine] / std).astype(np.float32),
                             cat["flux"][mine] if self.with_ivar else None,
-                            cat["ivar"][mine] if self.with_ivar else None)
+                            cat["ivar"][mine] if self.with_ivar else None,
+                            cat["x_degraded"][mine] if self.with_degraded else None)
             rest = perm[stop:]
             pool = {key: ([cat[key][rest]] if rest.size and not last else [])
                     for key in pool}

@@ -10,18 +10,31 @@ import torch
 from torch import nn
 
 from specbridge.models.mlp import gaussian_nll_sum
-from specbridge.training.data import Batch, LabelledShards
+from specbridge.training.augment import degrade_snr
+from specbridge.training.data import Batch, LabelledShards, network_input
 
 
 def to_tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
-def nll_loss_sum(device: torch.device) -> Callable[[nn.Module, Batch], tuple[torch.Tensor, int]]:
-    """loss_sum for the training loop: summed Gaussian NLL of a batch and its term count."""
+def nll_loss_sum(device: torch.device, augment: tuple[float, float] = (0.0, 3.0),
+                 ) -> Callable[[nn.Module, Batch], tuple[torch.Tensor, int]]:
+    """loss_sum for the training loop: summed Gaussian NLL of a batch and its term count.
+    ``augment`` = (fraction, snr_min): that fraction of each batch's spectra is seen
+    degraded in S/N (:func:`specbridge.training.augment.degrade_snr`; the batches carry flux
+    and ivar, or for embeddings ``x_degraded``, the embeddings of degraded copies)."""
 
     def loss_sum(net: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
-        mu, lv = net(to_tensor(batch.x, device))
+        x = to_tensor(batch.x, device)
+        if augment[0] > 0 and batch.x_degraded is not None:  # embeddings of degraded copies
+            pick = (torch.rand(x.shape[0]) < augment[0]).to(device)[:, None]
+            x = torch.where(pick, to_tensor(batch.x_degraded, device), x)
+        elif augment[0] > 0:
+            flux, ivar = degrade_snr(to_tensor(batch.flux, device),
+                                     to_tensor(batch.ivar, device), *augment)
+            x = to_tensor(network_input(flux.cpu().numpy(), ivar.cpu().numpy()), device)
+        mu, lv = net(x)
         return gaussian_nll_sum(mu.float(), lv.float(), to_tensor(batch.y, device),
                                 to_tensor(batch.y_err, device))
 
