@@ -16,7 +16,7 @@ step pretrain_specformer
 sb pretrain_specformer pretrain --config $C --model specformer --spectra $L --holdout $D --output $W/sf.pt --epochs 8
 show pretrain_specformer "parameters|epoch|ratio|probe"
 step embed_lamost
-sb embed_lamost embed --config $C --model $W/sf.pt --spectra $L --output $W/emb/lamost/index.h5 --no-ood-scores
+sb embed_lamost embed --config $C --model $W/sf.pt --spectra $L --output $W/emb/lamost/index.h5 --no-ood-scores --degraded-snr-min 3
 show embed_lamost "on cuda|on cpu|wrote"
 step embed_desi
 sb embed_desi embed --config $C --model $W/sf.pt --spectra $D --output $W/emb/desi/index.h5

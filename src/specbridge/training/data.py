@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,9 +33,14 @@ class Batch:
     x_degraded: np.ndarray | None = None  # (b, d) embeddings of S/N-degraded copies
 
 
-def network_input(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
-    """(n, npix) float32: normalised flux minus 1, pixels without information set to 0."""
-    return np.where(ivar > 0, flux - 1.0, 0.0).astype(np.float32)
+def network_input(flux: Any, ivar: Any) -> Any:
+    """(n, npix) float32: normalised flux minus 1, pixels without information set to 0; numpy
+    arrays in, numpy out; torch tensors in, a tensor out on their device."""
+    if isinstance(flux, np.ndarray):
+        return np.where(ivar > 0, flux - 1.0, 0.0).astype(np.float32)
+    import torch
+
+    return torch.where(ivar > 0, flux - 1.0, torch.zeros_like(flux)).float()
 
 
 class LabelledShards:

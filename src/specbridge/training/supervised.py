@@ -33,7 +33,7 @@ def nll_loss_sum(device: torch.device, augment: tuple[float, float] = (0.0, 3.0)
         elif augment[0] > 0:
             flux, ivar = degrade_snr(to_tensor(batch.flux, device),
                                      to_tensor(batch.ivar, device), *augment)
-            x = to_tensor(network_input(flux.cpu().numpy(), ivar.cpu().numpy()), device)
+            x = network_input(flux, ivar)
         mu, lv = net(x)
         return gaussian_nll_sum(mu.float(), lv.float(), to_tensor(batch.y, device),
                                 to_tensor(batch.y_err, device))
