@@ -13,21 +13,26 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
 from specbridge.evaluation.bootstrap import paired_difference
 from specbridge.evaluation.metrics import robust_sigma
-from specbridge.io.shards import LABEL_NAMES
 from specbridge.splits import SPLIT_CODES
+from specbridge.stages.evaluate import star_keys
 
 
-def read(results: Path, names: list[str]) -> dict[str, np.ndarray]:
-    """specid, star, ref (n, 4) and each candidate's value (n, 4) of the test split."""
+def read(results: Path, names: list[str]) -> dict[str, Any]:
+    """The test split's specid, star key (for the bootstrap), ref (n, n_labels) and each
+    candidate's value (n, n_labels), and the run's label names ('labels')."""
     with h5py.File(results / "evaluation" / "predictions.h5", "r") as h:
         test = h["split"][()] == SPLIT_CODES["test"]
-        out = {k: h[k][()][test] for k in ("specid", "star", "ref")}
+        out: dict[str, Any] = {k: h[k][()][test] for k in ("specid", "ref")
+                               + (("star",) if "star" in h else ())}
+        out["star"] = star_keys(out)
+        out["labels"] = [str(x) for x in h.attrs["labels"]]
         for c in names:
             out[c] = h[f"{c}/value"][()][test]
     return out
@@ -42,12 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args(argv)
     a, b = read(args.before, args.candidates), read(args.after, args.candidates)
+    if a["labels"] != b["labels"]:
+        raise SystemExit(f"the runs predict different labels: {a['labels']} / {b['labels']}")
     common, ia, ib = np.intersect1d(a["specid"], b["specid"], return_indices=True)
     print(f"{common.size} test spectra in both runs\n")
     print("| candidate | label | before | after | after - before (95 %) | better |")
     print("|---|---|---|---|---|---|")
     for c in args.candidates:
-        for j, lab in enumerate(LABEL_NAMES):
+        for j, lab in enumerate(a["labels"]):
             ra = a[c][ia, j] - a["ref"][ia, j]
             rb = b[c][ib, j] - b["ref"][ib, j]
             d = paired_difference("robust_sigma", rb, ra, groups=a["star"][ia],

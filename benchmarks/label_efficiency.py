@@ -7,7 +7,9 @@ then zero-shot and fine-tuned on mock DESI, per label and regime, with bootstrap
         [--strategy lora] [--n-boot 1000] [--out RUN/benchmarks/label_efficiency]
 
 RUN is a finished run (its preprocessed LAMOST and DESI spectra); EMB holds the SpecFormer's
-embeddings of both surveys (EMB/lamost/index.h5, EMB/desi/index.h5; ``specbridge embed``).
+embeddings of both surveys (EMB/lamost/index.h5, EMB/desi/index.h5; ``specbridge embed``;
+with ``training.snr_augment`` on in the config, LAMOST's with ``--degraded-snr-min`` its
+``snr_min``).
 Size 0 is every labelled training spectrum. For each N the supervised models are pretrained
 with ``specbridge pretrain --n-labelled N`` (the same stars for both: a hash of the star picks
 them, a smaller set a subset of a larger one), fine-tuned with ``specbridge finetune``

@@ -3,8 +3,8 @@ LAMOST validation stars degraded to DESI-like S/N.
 
 The embedded default's LAMOST spectra have median S/N 55, its DESI spectra 9; this separates the
 S/N part of the LAMOST -> DESI gap from the rest. Each validation spectrum above ``--min-snr`` is
-degraded to S/N 30, 15, 8 and 5 (noise added, inverse variance scaled:
-:func:`specbridge.training.augment.degrade_snr`'s arithmetic at a fixed S/N, seeded), embedded
+degraded to S/N 30, 15, 8 and 5 per pixel of the common grid (noise added, inverse variance
+scaled: :func:`specbridge.training.augment.degrade_to_snr`, seeded), embedded
 with the run's SpecFormer, and predicted by both pretrained models. Prints, per S/N and label,
 robust sigma of each and their ratio (embedding / spectrum) with a 68 % bootstrap interval over
 stars.
@@ -26,23 +26,11 @@ from specbridge.evaluation.metrics import robust_sigma
 from specbridge.inference.predict import load_candidates
 from specbridge.models.checkpoint import load_model
 from specbridge.stages.embed import embed_rows
-from specbridge.training.augment import spectrum_snr
+from specbridge.training.augment import degrade_to_snr, spectrum_snr
 from specbridge.training.data import LabelledShards, network_input
 
 LEVELS = (None, 30.0, 15.0, 8.0, 5.0)
 UNITS = {"teff": "K", "logg": "dex", "feh": "dex", "alpha_fe": "dex"}
-
-
-def degrade_to(flux: np.ndarray, ivar: np.ndarray, snr: float, gen: torch.Generator
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """(flux, ivar) (n, npix) of each spectrum degraded to S/N ``snr`` (those already at or
-    below it unchanged)."""
-    f, i = torch.from_numpy(flux), torch.from_numpy(ivar)
-    s = spectrum_snr(f, i).clamp(min=snr)
-    i2 = i * ((snr / s) ** 2)[:, None]
-    extra = torch.where(i > 0, 1 / i2.clamp(min=1e-30) - 1 / i.clamp(min=1e-30),
-                        torch.zeros_like(i)).clamp(min=0)
-    return (f + torch.randn(f.shape, generator=gen) * extra.sqrt()).numpy(), i2.numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(0)
     use = np.ones(len(flux), bool)
     for level in LEVELS:
-        f, i = (flux, ivar) if level is None else degrade_to(flux, ivar, level, gen)
+        if level is None:
+            f, i = flux, ivar
+        else:
+            f, i = (a.numpy() for a in degrade_to_snr(
+                torch.from_numpy(flux), torch.from_numpy(ivar),
+                torch.full((len(flux),), level), gen))
         pm, _ = mlp.net(torch.from_numpy(network_input(f, i)))
         pe, _ = emb.net(torch.from_numpy(embed_rows(sf, f, i, use, em, es)))
         res_m = pm.detach().double().numpy() * mlp.std + mlp.mean - lab

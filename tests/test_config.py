@@ -59,6 +59,23 @@ def test_size_ladder_overlays_are_valid(repo, size):
         assert 40e6 < n < 46e6  # ~43 M, SpecCLIP's LAMOST encoder
 
 
+def test_specformer_snr_augment_overrides_key_by_key(repo):
+    """training.specformer.snr_augment overrides single keys of training.snr_augment (an
+    override of snr_min alone leaves the denoising on); without it the SpecFormer inherits."""
+    from specbridge.stages.pretrain import specformer_training
+    from specbridge.training.augment import augment_settings
+
+    cfg = load_config(repo / "config.yaml")
+    assert augment_settings(specformer_training(cfg["training"])) == (0.5, 3.0)
+    cfg = load_config(repo / "config.yaml",
+                      {"training": {"specformer": {"snr_augment": {"snr_min": 5.0}}}})
+    assert augment_settings(specformer_training(cfg["training"])) == (0.5, 5.0)
+    assert augment_settings(cfg["training"]) == (0.5, 3.0)
+    cfg = load_config(repo / "config.yaml",
+                      {"training": {"specformer": {"snr_augment": {"fraction": 0.0}}}})
+    assert augment_settings(specformer_training(cfg["training"]))[0] == 0.0
+
+
 @pytest.mark.parametrize(
     "override, key, words",
     [

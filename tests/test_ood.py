@@ -227,3 +227,11 @@ def test_the_desi_domain_distance_threshold():
     same = ood_domain_threshold({"split": split, "ood_score": score,
                                  "ood_distance": 10 * score}, 99.0)
     assert same["ood_joint_percentile"] <= 99.1 and abs(same["ood_test_flagged"] - 0.01) < 0.006
+    # few validation stars: one star is already more than 1 %, so only q = 100 (nothing above
+    # either) satisfies it; at 99.9 on many stars the grid ends at 100 as well
+    few = np.r_[np.ones(30), np.full(30, 2)].astype(int)
+    u = rng.uniform(0, 1, 60)
+    got = ood_domain_threshold({"split": few, "ood_score": u, "ood_distance": u[::-1]}, 99.0)
+    assert got["ood_joint_percentile"] == 100.0 and got["ood_val_flagged"] == 0.0
+    got = ood_domain_threshold({"split": split, "ood_score": score, "ood_distance": dist}, 99.9)
+    assert 99.9 <= got["ood_joint_percentile"] <= 100.0

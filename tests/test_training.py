@@ -109,7 +109,7 @@ def _degraded_val_sigma(model_path, index, snr, seed=0):
     import torch
 
     from specbridge.models.checkpoint import load_model
-    from specbridge.training.augment import spectrum_snr
+    from specbridge.training.augment import degrade_to_snr
     from specbridge.training.data import LabelledShards, network_input
 
     net, ck = load_model(model_path)
@@ -120,11 +120,7 @@ def _degraded_val_sigma(model_path, index, snr, seed=0):
     res = []
     for b in val.batches(0, 512, seed, mean=mean, std=std, shuffle=False, drop_last=False):
         flux, ivar = torch.from_numpy(b.flux), torch.from_numpy(b.ivar)
-        frac = (snr / spectrum_snr(flux, ivar).clamp(min=snr)) ** 2
-        ivar2 = ivar * frac[:, None]
-        extra = torch.where(ivar > 0, 1 / ivar2.clamp(min=1e-30) - 1 / ivar.clamp(min=1e-30),
-                            torch.zeros_like(ivar)).clamp(min=0)
-        flux2 = flux + torch.randn(flux.shape, generator=gen) * extra.sqrt()
+        flux2, ivar2 = degrade_to_snr(flux, ivar, torch.full((len(flux),), snr), gen)
         with torch.no_grad():
             mu, _ = net(torch.from_numpy(network_input(flux2.numpy(), ivar2.numpy())))
         res.append(mu.numpy() - b.y)
@@ -269,6 +265,15 @@ def test_embeddings_and_embedding_mlp(lamost_index, tmp_path, tool_env, mpiexec)
     # a degraded copy moves the embedding, by less than the spread between spectra
     shift = np.linalg.norm(deg - e, axis=1)
     assert 0 < np.median(shift) < np.median(np.linalg.norm(e - e[::-1], axis=1))
+    # copies degraded to another floor than the configured one are refused
+    p4 = tmp_path / "c4.yaml"
+    p4.write_text(yaml.safe_dump({**cfg, "training": {**cfg["training"], "snr_augment": {
+        "fraction": 0.5, "snr_min": 4.0}}}))
+    r = subprocess.run(["specbridge", "pretrain", "--model", "emb_mlp", "--spectra",
+                        str(lamost_index), "--embeddings", str(emb2), "--output",
+                        str(tmp_path / "x.pt"), "--config", str(p4)],
+                       capture_output=True, text=True, env=tool_env, timeout=600)
+    assert r.returncode != 0 and "down to S/N 3, but" in r.stderr, r.stderr[-2000:]
     run("specbridge", "pretrain", "--model", "emb_mlp", "--spectra", str(lamost_index),
         "--embeddings", str(emb2), "--output", str(tmp_path / "emb_mlp_aug.pt"))
     ck = load_checkpoint(tmp_path / "emb_mlp_aug.pt", ("emb_mlp",)).meta

@@ -11,11 +11,13 @@ wrongly, so every catalogued spectrum is checked twice.
   whole differ from LAMOST's (sky residuals) and would otherwise be flagged wholesale.
   Also ``OOD_SPECTRUM``: the embedding's distance from the training spectra's
   (``ood_distance``, :func:`density_distance`: Mahalanobis in the leading principal components
-  of the standardised training embeddings) above the same percentile of in-domain spectra's.
-  The two see different things: the reconstruction score a spectrum whose pixels the model
-  cannot predict, the distance one it reconstructs well but places where no training star
-  lies (M dwarfs). Each flags about 100 - ``percentile`` % of in-domain spectra, so together
-  at most twice that.
+  of the standardised training embeddings) above its threshold. The two see different things:
+  the reconstruction score a spectrum whose pixels the model cannot predict, the distance one
+  it reconstructs well but places where no training star lies (M dwarfs). For DESI both
+  thresholds sit at the one percentile of the validation stars' at which 100 - ``percentile``
+  % of them are above either (so together they flag what one would); for LAMOST each is the
+  ``percentile`` of the held-out spectra's (the checkpoint keeps each check's quantiles, not
+  their pairs), so together up to twice that.
 * Label space (``OOD_LABELS``): served labels outside the support of the training labels (the
   LAMOST labels the candidates were pretrained on): a label outside their range, or the set
   of labels far from every training star's in the joint space (:func:`label_distance`: a

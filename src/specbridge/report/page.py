@@ -199,10 +199,12 @@ def foundation_section(meta: dict[str, Any] | None, params: Any = None) -> list[
                "unused" if n_target else "")
             + f"); {meta.get('n_excluded_holdout', 0)} LAMOST spectra of stars in the "
             "DESI validation or test splits were left out. ")
-    aug = (meta.get("training") or {}).get("snr_augment") or {}
-    if float(aug.get("fraction", 0) or 0) > 0:
-        text += (f"Denoising: {100 * float(aug['fraction']):.0f} % of each batch seen degraded "
-                 f"to an S/N between {float(aug.get('snr_min', 3.0)):g} and its own, the hidden "
+    from specbridge.training.augment import augment_settings
+
+    aug = augment_settings(meta.get("training") or {})
+    if aug[0] > 0:
+        text += (f"Denoising: {100 * aug[0]:.0f} % of each batch seen degraded "
+                 f"to an S/N between {aug[1]:g} and its own, the hidden "
                  "pixels scored against the spectrum as observed. ")
     if val is not None and base:
         text += (f"Masked-pixel reconstruction on LAMOST validation spectra: mean squared error "

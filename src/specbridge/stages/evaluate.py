@@ -94,10 +94,11 @@ def ood_domain_threshold(data: dict[str, np.ndarray], percentile: float
 
     q = float(percentile)
     if with_dist:  # the smallest q on a 0.01 grid whose union rate is within the target
-        for q in np.arange(percentile, 100.0 + 1e-9, 0.01):
-            if above(val, thresholds(q)).mean() <= target + 1e-12:
+        grid = np.unique(np.r_[q, np.arange(int(np.ceil(q * 100)), 10001) / 100.0])
+        for q in grid:  # the union rate only falls as q rises; 100 flags none
+            if above(val, thresholds(float(q))).mean() <= target + 1e-12:
                 break
-        q = float(min(q, 100.0))
+        q = float(q)
     thr = thresholds(q)
     test = data["split"] == 2
     return {"ood_threshold": thr[0], "ood_distance_threshold": thr[1],

@@ -98,10 +98,11 @@ def _ood_settings(ood: dict[str, Any], embeddings: str | None,
                   calibration_meta: dict[str, Any]) -> dict[str, Any]:
     """The out-of-domain settings of :func:`specbridge.inference.ood.ood_flags`: the score
     and embedding-distance thresholds, the percentile, z_max and where the thresholds come
-    from ('source'). They are the DESI domain's (the configured percentile of the DESI
-    validation stars' scores and distances, written by evaluate into the calibration table's
-    meta) when the calibration has them at the same percentile; else that percentile of the
-    held-out LAMOST spectra's (from the embedding index); None without either."""
+    from ('source'). They are the DESI domain's (both at the percentile of the DESI validation
+    stars' scores and distances at which 100 - percentile % of them are above either,
+    'joint_percentile', written by evaluate into the calibration table's meta) when the
+    calibration was made for the configured percentile; else each the configured percentile
+    of the held-out LAMOST spectra's (from the embedding index); None without either."""
     pct = ood["percentile"]
     base = {"percentile": pct, "z_max": ood["z_max"]}
     if (calibration_meta.get("ood_threshold") is not None and embeddings
@@ -109,6 +110,7 @@ def _ood_settings(ood: dict[str, Any], embeddings: str | None,
         dt = calibration_meta.get("ood_distance_threshold")
         return {**base, "threshold": float(calibration_meta["ood_threshold"]),
                 "distance_threshold": None if dt is None else float(dt),
+                "joint_percentile": float(calibration_meta.get("ood_joint_percentile", pct)),
                 "source": "DESI validation"}
     thresholds: dict[str, float | None] = {"threshold": None, "distance_threshold": None}
     if embeddings:

@@ -126,6 +126,21 @@ def _labelled_splits(source: str, labels: list[str], tr: Mapping[str, Any], feat
     return train_set, val_set
 
 
+def _check_degraded_copies(embeddings: str, snr_min: float) -> None:
+    """UserError unless the embedding index ``embeddings`` holds embeddings of copies degraded
+    down to ``snr_min`` (``specbridge embed --degraded-snr-min``), the augmentation's floor."""
+    from specbridge.io.shards import index_attrs
+
+    got = float(index_attrs(embeddings).get("degraded_snr_min", -1.0))
+    if got < 0:
+        raise UserError(f"{embeddings}: no embedding_degraded, which training.snr_augment needs "
+                        f"(embed the training survey with --degraded-snr-min {snr_min:g})")
+    if abs(got - snr_min) > 1e-6 * snr_min:
+        raise UserError(f"{embeddings}: degraded copies down to S/N {got:g}, but "
+                        f"training.snr_augment.snr_min is {snr_min:g} (embed again with "
+                        f"--degraded-snr-min {snr_min:g})")
+
+
 def _input_width(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any]) -> int:
     """Network input width: embedding dimensions (emb_mlp) or pixels of the common grid."""
     if model == "emb_mlp":
@@ -153,6 +168,8 @@ def _pretrain_mlp(cfg: Mapping[str, Any], model: str, inputs: Mapping[str, Any],
     # S/N augmentation: the MLP degrades its spectra per batch; the embedding MLP draws on
     # the embeddings of degraded copies that the embed stage wrote
     augment = augment_settings(tr)
+    if on_emb and augment[0] > 0:
+        _check_degraded_copies(inputs["embeddings"], augment[1])
     train_set, val_set = _labelled_splits(source, labels, tr,
                                           "embedding" if on_emb else "flux", held,
                                           augment=augment[0] > 0)
@@ -244,7 +261,7 @@ class _MaskedLoss:
     (each hidden pixel predicted by its patches' mean of the true hidden values)."""
 
     def __init__(self, npix: int, sc: Mapping[str, Any], val_set: LabelledShards,
-                 seed: int, device: torch.device, augment: tuple[float, float] = (0.0, 3.0)):
+                 seed: int, device: torch.device, augment: tuple[float, float] = (0.0, 0.0)):
         self.npix, self.sc, self.val_set = npix, sc, val_set
         self.seed, self.device = seed, device
         self.augment = augment  # (fraction, snr_min) of training spectra degraded in S/N
@@ -294,9 +311,13 @@ class _MaskedLoss:
 
 
 def specformer_training(training: Mapping[str, Any]) -> dict[str, Any]:
-    """The SpecFormer's training settings: ``training`` with its ``specformer`` overrides."""
-    return {**{k: v for k, v in training.items() if k != "specformer"},
-            **training.get("specformer", {})}
+    """The SpecFormer's training settings: ``training`` with its ``specformer`` overrides
+    (``snr_augment`` overridden key by key)."""
+    own = training.get("specformer", {})
+    out = {**{k: v for k, v in training.items() if k != "specformer"}, **own}
+    if "snr_augment" in own:
+        out["snr_augment"] = {**(training.get("snr_augment") or {}), **own["snr_augment"]}
+    return out
 
 
 def _pretrain_specformer(cfg: Mapping[str, Any], inputs: Mapping[str, Any],

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from specbridge.models.mlp import gaussian_nll_sum
-from specbridge.training.augment import degrade_snr
+from specbridge.training.augment import SNR_MIN, degrade_snr
 from specbridge.training.data import Batch, LabelledShards, network_input
 
 
@@ -18,7 +18,7 @@ def to_tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
-def nll_loss_sum(device: torch.device, augment: tuple[float, float] = (0.0, 3.0),
+def nll_loss_sum(device: torch.device, augment: tuple[float, float] = (0.0, SNR_MIN),
                  ) -> Callable[[nn.Module, Batch], tuple[torch.Tensor, int]]:
     """loss_sum for the training loop: summed Gaussian NLL of a batch and its term count.
     ``augment`` = (fraction, snr_min): that fraction of each batch's spectra is seen

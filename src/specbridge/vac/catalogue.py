@@ -251,12 +251,15 @@ def provenance(attrs: dict[str, Any], labels: Sequence[str], candidates: Sequenc
     if ood.get("threshold") is not None:
         cards += [("OODTHR", float(ood["threshold"]), "OOD_SCORE above it: OOD_SPECTRUM"),
                   ("OODPCT", float(ood["percentile"]),
-                   "[%] OODTHR: this percentile of OODSRC's scores"),
+                   "[%] of OODSRC's spectra below the thresholds"),
                   ("OODSRC", str(ood.get("source", "held-out LAMOST")),
                    "spectra the thresholds were calibrated on")]
     if ood.get("distance_threshold") is not None:
         cards += [("OODDTHR", float(ood["distance_threshold"]),
                    "OOD_DISTANCE above it: OOD_SPECTRUM")]
+    if ood.get("threshold") is not None:
+        cards += [("OODQPCT", float(ood.get("joint_percentile", ood["percentile"])),
+                   "[%] OODTHR, OODDTHR: percentile of OODSRC's")]
     if ood:
         cards += [("OODZMAX", float(ood["z_max"]), "OOD_LABELS: candidates disagree beyond")]
     for k, dep in enumerate(DEPENDENCIES):
