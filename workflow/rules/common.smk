@@ -115,7 +115,7 @@ def degraded_copies_arg(wildcards):
     a = config["training"].get("snr_augment") or {}
     if wildcards.survey != "lamost" or not a.get("fraction", 0) > 0:
         return ""
-    return f"--degraded-snr-min {a.get('snr_min', 3.0)}"
+    return f"--degraded-snr-min {a['snr_min']}"  # the schema fills snr_min
 
 
 def training_threads():

@@ -95,12 +95,6 @@ def shard_is_complete(path: str | Path, n: int, settings_hash: str) -> bool:
         return False
 
 
-def shard_has(path: str | Path, field: str) -> bool:
-    """Whether the shard at ``path`` holds the dataset ``field``."""
-    with h5py.File(path, "r") as h:
-        return field in h
-
-
 def read_shard(path: str | Path, fields: tuple[str, ...] = ("flux", "ivar", "mask"),
                rows: slice | np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Read the named datasets (all rows, or ``rows``) of one shard."""

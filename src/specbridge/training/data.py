@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from specbridge import flags
-from specbridge.errors import UserError
-from specbridge.io.shards import LABEL_NAMES, read_index, read_shard, shard_has
+from specbridge.io.shards import LABEL_NAMES, read_index, read_shard
 from specbridge.splits import SPLIT_CODES, assign_split, split_fraction
 
 
@@ -74,11 +73,6 @@ class LabelledShards:
         self.with_degraded = with_degraded
         if with_degraded and feature != "embedding":
             raise ValueError("with_degraded needs feature 'embedding'")
-        if with_degraded:
-            for s in self.shards:
-                if not shard_has(s["path"], "embedding_degraded"):
-                    raise UserError(f"{s['path']}: no embedding_degraded (embed the training "
-                                    "survey with --degraded-snr-min)")
         # "flux": network input (normalised flux - 1); "spectrum": (n, 2, npix) flux and ivar;
         # "embedding": SpecFormer embeddings (embedding shards)
         self.feature = feature

@@ -26,14 +26,14 @@ def nll_loss_sum(device: torch.device, augment: tuple[float, float] = (0.0, SNR_
     and ivar, or for embeddings ``x_degraded``, the embeddings of degraded copies)."""
 
     def loss_sum(net: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
-        x = to_tensor(batch.x, device)
-        if augment[0] > 0 and batch.x_degraded is not None:  # embeddings of degraded copies
-            pick = (torch.rand(x.shape[0]) < augment[0]).to(device)[:, None]
-            x = torch.where(pick, to_tensor(batch.x_degraded, device), x)
-        elif augment[0] > 0:
-            flux, ivar = degrade_snr(to_tensor(batch.flux, device),
-                                     to_tensor(batch.ivar, device), *augment)
-            x = network_input(flux, ivar)
+        if augment[0] > 0 and batch.x_degraded is None:  # spectra: degrade, then the input
+            x = network_input(*degrade_snr(to_tensor(batch.flux, device),
+                                           to_tensor(batch.ivar, device), *augment))
+        else:
+            x = to_tensor(batch.x, device)
+            if augment[0] > 0:  # embeddings: those of degraded copies for the picked rows
+                pick = (torch.rand(x.shape[0]) < augment[0]).to(device)[:, None]
+                x = torch.where(pick, to_tensor(batch.x_degraded, device), x)
         mu, lv = net(x)
         return gaussian_nll_sum(mu.float(), lv.float(), to_tensor(batch.y, device),
                                 to_tensor(batch.y_err, device))
