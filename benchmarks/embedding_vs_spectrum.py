@@ -5,6 +5,11 @@ candidate / spectrum candidate with the same strategy; ``specformer_lora`` again
 bootstrap interval over stars (both candidates on the same resampled stars).
 
     python benchmarks/embedding_vs_spectrum.py [--results results] [--n-boot 1000]
+        [--snr-bins 0 10 20 1000] [--split test]
+
+With ``--snr-bins`` the columns are S/N bins (the catalogue S/N, per pixel of the spectrum as
+observed) instead of the regimes: is the gap the noise (it would close at high S/N) or the
+domain (it would not)?
 
 Reads results/evaluation/predictions.h5 (written by ``specbridge evaluate``); prints markdown.
 """
@@ -37,18 +42,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default="results", type=Path)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--threshold", type=float, default=-1.0, help="[Fe/H] of the regimes")
+    ap.add_argument("--split", choices=("val", "test"), default="test",
+                    help="the DESI split scored (val: the one choices are made on)")
+    ap.add_argument("--snr-bins", type=float, nargs="+", metavar="SNR",
+                    help="S/N bin edges: columns by S/N instead of by regime")
     args = ap.parse_args(argv)
     with h5py.File(args.results / "evaluation" / "predictions.h5", "r") as h:
         labels = [v.decode() if isinstance(v, bytes) else str(v) for v in h.attrs["labels"]]
-        test = h["split"][()] == SPLIT_CODES["test"]
+        test = h["split"][()] == SPLIT_CODES[args.split]
         ref = h["ref"][()][test]
         star = h["star"][()][test]
+        snr = h["snr"][()][test]
         preds = {k: h[k]["value"][()][test] for k in h if isinstance(h[k], h5py.Group)}
     feh = ref[:, labels.index("feh")]
     regimes = {"all": np.ones(len(feh), bool), "[Fe/H] <= -1": feh <= args.threshold,
                "[Fe/H] > -1": feh > args.threshold}
-    print(f"Test split: {len(feh)} spectra; robust sigma ratio (embedding / spectrum) with its "
-          f"95 % bootstrap interval over stars ({args.n_boot} resamplings)\n")
+    if args.snr_bins:
+        e = args.snr_bins
+        regimes = {"all": np.ones(len(feh), bool),
+                   **{f"S/N {a:g}-{b:g}": (snr >= a) & (snr < b)
+                      for a, b in zip(e[:-1], e[1:], strict=True)}}
+    print(f"{args.split} split: {len(feh)} spectra; robust sigma ratio (embedding / spectrum) "
+          f"with its 95 % bootstrap interval over stars ({args.n_boot} resamplings)\n")
     print("| candidate / reference | label | " + " | ".join(regimes) + " |")
     print("|---|---|" + "---|" * len(regimes))
     for emb, spec in PAIRS:

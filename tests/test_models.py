@@ -158,3 +158,39 @@ def test_specformer_production_size():
     m = SpecFormer(d_model=768, n_layers=6, n_heads=6)
     n = sum(p.numel() for p in m.parameters())
     assert 40e6 < n < 46e6  # ~43 M (docs/design.md)
+
+
+def test_embedding_with_the_stats_token_keeps_each_spectrums_line_depth():
+    torch.manual_seed(0)
+    kw = {"npix": 1462, "patch_size": 20, "patch_stride": 10, "d_model": 16, "n_layers": 1,
+          "n_heads": 2, "pool_regions": 4}
+    plain = SpecFormer(**kw).eval()
+    with_stats = SpecFormer(**kw, embed_stats_token=True).eval()
+    with_stats.load_state_dict(plain.state_dict())  # the option adds no weights
+    assert with_stats.embed_dim == 80
+    flux, ivar = 1 + 0.1 * torch.randn(2, 1462), torch.full((2, 1462), 100.0)
+    with torch.no_grad():
+        e, e_plain = with_stats.embed(flux, ivar), plain.embed(flux, ivar)
+        tokens, _, _ = with_stats.encode_all(flux, ivar)
+        # lines twice as deep: the same standardised patches, another std
+        deeper = with_stats.embed(1 + 2 * (flux - 1), ivar)
+        x1, _, _ = with_stats.standardise(flux, ivar)
+        x2, _, _ = with_stats.standardise(1 + 2 * (flux - 1), ivar)
+    assert e.shape == (2, 80)
+    torch.testing.assert_close(e[:, :64], e_plain)
+    torch.testing.assert_close(e[:, 64:], tokens[:, 0])
+    torch.testing.assert_close(x1, x2)
+    assert (deeper[:, 64:] - e[:, 64:]).abs().max() > 1e-3
+
+
+def test_specformer_checkpoint_architecture_keeps_the_stats_token():
+    from specbridge.models.checkpoint import build_model
+    from specbridge.models.transfer import specformer_architecture
+
+    arch = {"npix": 1462, "patch_size": 20, "patch_stride": 10, "d_model": 16, "n_layers": 1,
+            "n_heads": 2, "pool_regions": 3, "embed_stats_token": True}
+    assert build_model("specformer", arch).embed_dim == 64
+    head = {"npix": 64, "hidden": [8], "labels": ["teff"], "dropout": 0.0}
+    assert specformer_architecture(arch, head)["embed_dim"] == 64
+    old = {k: v for k, v in arch.items() if k != "embed_stats_token"}  # older checkpoints
+    assert build_model("specformer", old).embed_dim == 48

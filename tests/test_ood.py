@@ -153,6 +153,17 @@ def test_the_desi_domain_threshold_is_a_percentile_of_the_validation_scores():
     got = ood_domain_threshold({"split": split, "ood_score": score}, 99.0)
     assert abs(got["ood_threshold"] - 0.99) < 0.01
     assert got["ood_threshold_n"] == int((split == 1).sum())
+    # the training split's stars calibrate too (split 0), unless the SpecFormer saw them
+    split3 = rng.choice([0, 1, 2], n)
+    got3 = ood_domain_threshold({"split": split3, "ood_score": score}, 99.0)
+    assert got3["ood_threshold_n"] == int((split3 != 2).sum())
+    assert got3["ood_calibration_splits"] == "train+val"
+    # the training split's stars far above: they count only when allowed to
+    high = np.where(split3 == 0, score + 1.0, score)
+    assert ood_domain_threshold({"split": split3, "ood_score": high}, 99.0)["ood_threshold"] > 1
+    only_val = ood_domain_threshold({"split": split3, "ood_score": high}, 99.0, False)
+    assert only_val["ood_threshold_n"] == int((split3 == 1).sum())
+    assert abs(only_val["ood_threshold"] - 0.99) < 0.02
     assert abs(got["ood_test_flagged"] - 0.01) < 0.006
     # a shifted survey: every test star far above the validation stars is flagged
     shifted = np.where(split == 2, score + 1.0, score)
@@ -171,7 +182,9 @@ def test_inference_takes_the_desi_threshold_at_the_configured_percentile_only():
     ood = {"percentile": 99.0, "z_max": 5.0}
     meta = {"ood_threshold": 0.42, "ood_percentile": 99.0}
     got = _ood_settings(ood, "embeddings/index.h5", meta)
-    assert got["threshold"] == 0.42 and got["source"] == "DESI validation"
+    assert got["threshold"] == 0.42 and got["source"] == "DESI val"
+    meta["ood_calibration_splits"] = "train+val"
+    assert _ood_settings(ood, "embeddings/index.h5", meta)["source"] == "DESI train+val"
     # another percentile configured than the one evaluated, or no calibration meta: LAMOST's
     # quantiles (none readable here, so no threshold), never a threshold of another percentile
     for m in ({"ood_threshold": 0.42, "ood_percentile": 95.0}, {}):
@@ -221,7 +234,7 @@ def test_the_desi_domain_distance_threshold():
     # (known answer: 1 - q^2 = 0.01, q = 99.499 %), and about 1 % of the test stars
     assert abs(got["ood_joint_percentile"] - 99.5) <= 0.1
     assert abs(got["ood_distance_threshold"] - 9.95) < 0.05
-    assert got["ood_val_flagged"] <= 0.01
+    assert got["ood_calibration_flagged"] <= 0.01
     assert 0.004 < got["ood_test_flagged"] < 0.016
     # the same check twice: the union is one check, the percentile unchanged
     same = ood_domain_threshold({"split": split, "ood_score": score,
@@ -232,6 +245,6 @@ def test_the_desi_domain_distance_threshold():
     few = np.r_[np.ones(30), np.full(30, 2)].astype(int)
     u = rng.uniform(0, 1, 60)
     got = ood_domain_threshold({"split": few, "ood_score": u, "ood_distance": u[::-1]}, 99.0)
-    assert got["ood_joint_percentile"] == 100.0 and got["ood_val_flagged"] == 0.0
+    assert got["ood_joint_percentile"] == 100.0 and got["ood_calibration_flagged"] == 0.0
     got = ood_domain_threshold({"split": split, "ood_score": score, "ood_distance": dist}, 99.9)
     assert 99.9 <= got["ood_joint_percentile"] <= 100.0

@@ -57,8 +57,8 @@ FLAG_BITS: tuple[FlagBit, ...] = (
     FlagBit("OOD_SPECTRUM", 26, False, "out of domain in spectrum space: the SpecFormer's "
             "masked-reconstruction score, or its embedding's distance from the training "
             "spectra's, is above its threshold (a percentile of the survey's in-domain "
-            "spectra's: DESI validation stars, held-out LAMOST spectra; config "
-            "inference.ood)"),
+            "spectra's: labelled DESI stars outside the test split, held-out LAMOST spectra; "
+            "config inference.ood)"),
     FlagBit("OOD_LABELS", 27, False, "out of domain in label space: a served label lies outside "
             "the training labels' range, or the served labels together lie far from every "
             "training star's (beyond the training labels' own nearest-neighbour distances), or "

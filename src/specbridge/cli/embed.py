@@ -19,7 +19,9 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="SpecFormer embeddings of preprocessed spectra (MPI)",
-                       description="Mean over the SpecFormer's output tokens, standardised "
+                       description="The SpecFormer's embedding (its output tokens averaged "
+                                   "over wavelength regions, and the stats token's output "
+                                   "where the model has embed_stats_token), standardised "
                                    "with the statistics stored in its checkpoint; one "
                                    "embedding shard per spectra shard (MPI over shards); a "
                                    "rerun computes only missing or stale shards.")

@@ -6,15 +6,16 @@ wrongly, so every catalogued spectrum is checked twice.
   reconstructing each pixel unseen, in standardised flux units) above a threshold: the
   ``percentile`` of the same score over in-domain spectra of the same survey. For LAMOST
   (the real validation sets) these are the LAMOST spectra held out of the SpecFormer's
-  training (stored with its checkpoint as quantiles); for DESI the labelled DESI validation
-  stars (evaluation writes the threshold into the calibration table), since DESI spectra as a
-  whole differ from LAMOST's (sky residuals) and would otherwise be flagged wholesale.
+  training (stored with its checkpoint as quantiles); for DESI the labelled DESI stars
+  outside the test split (evaluation writes the threshold into the calibration table), since
+  DESI spectra as a whole differ from LAMOST's (sky residuals) and would otherwise be flagged
+  wholesale.
   Also ``OOD_SPECTRUM``: the embedding's distance from the training spectra's
   (``ood_distance``, :func:`density_distance`: Mahalanobis in the leading principal components
   of the standardised training embeddings) above its threshold. The two see different things:
   the reconstruction score a spectrum whose pixels the model cannot predict, the distance one
   it reconstructs well but places where no training star lies (M dwarfs). For DESI both
-  thresholds sit at the one percentile of the validation stars' at which 100 - ``percentile``
+  thresholds sit at the one percentile of those stars' at which 100 - ``percentile``
   % of them are above either (so together they flag what one would); for LAMOST each is the
   ``percentile`` of the held-out spectra's (the checkpoint keeps each check's quantiles, not
   their pairs), so together up to twice that.

@@ -63,7 +63,8 @@ class Block(nn.Module):
 class SpecFormer(nn.Module):
     def __init__(self, npix: int = 1462, patch_size: int = 20, patch_stride: int = 10,
                  d_model: int = 768, n_layers: int = 6, n_heads: int = 6,
-                 dropout: float = 0.0, score_span: int = 40, pool_regions: int = 1):
+                 dropout: float = 0.0, score_span: int = 40, pool_regions: int = 1,
+                 embed_stats_token: bool = False):
         super().__init__()
         if patch_stride > patch_size:
             raise ValueError(f"patch_stride {patch_stride} > patch_size {patch_size} would "
@@ -75,7 +76,8 @@ class SpecFormer(nn.Module):
             raise ValueError(f"pool_regions {pool_regions} must be 1 to {self.n_patches} (the "
                              "patch tokens)")
         self.pool_regions = pool_regions
-        self.embed_dim = pool_regions * d_model
+        self.embed_stats_token = embed_stats_token
+        self.embed_dim = (pool_regions + int(embed_stats_token)) * d_model
         self.pad = (self.n_patches - 1) * patch_stride + patch_size - npix
         self.patch_embed = nn.Linear(patch_size, d_model)
         self.stats_embed = nn.Linear(2, d_model)
@@ -132,7 +134,16 @@ class SpecFormer(nn.Module):
     def encode(self, flux: torch.Tensor, ivar: torch.Tensor,
                hidden: torch.Tensor | None = None, target: torch.Tensor | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Output tokens (batch, n_patches, d_model), the standardised flux (batch, npix; hidden
+        """Output patch tokens (batch, n_patches, d_model), the standardised flux and each
+        spectrum's std: :meth:`encode_all` without the stats token."""
+        out, x, sd = self.encode_all(flux, ivar, hidden, target)
+        return out[:, 1:], x, sd
+
+    def encode_all(self, flux: torch.Tensor, ivar: torch.Tensor,
+                   hidden: torch.Tensor | None = None, target: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Output tokens (batch, 1 + n_patches, d_model: the stats token, then the patches
+        blue to red), the standardised flux (batch, npix; hidden
         pixels included, standardised with the visible pixels' statistics) and each
         spectrum's std (batch, 1).
 
@@ -155,18 +166,23 @@ class SpecFormer(nn.Module):
         for block in self.blocks:
             tok = block(tok)
         out = self.norm(tok)
-        return out[:, 1:], x_out, sd
+        return out, x_out, sd
 
     def embed(self, flux: torch.Tensor, ivar: torch.Tensor) -> torch.Tensor:
-        """(batch, embed_dim = pool_regions x d_model) the means of the output patch tokens
-        over ``pool_regions`` contiguous wavelength regions (as equal in tokens as can be),
-        blue to red, concatenated; one region is the plain mean over all tokens. Not
-        standardised here."""
-        out, _, _ = self.encode(flux, ivar)
-        if self.pool_regions == 1:
-            return out.mean(dim=1)
-        return torch.cat([r.mean(dim=1) for r in out.tensor_split(self.pool_regions, dim=1)],
-                         dim=1)
+        """(batch, embed_dim) the means of the output patch tokens over ``pool_regions``
+        contiguous wavelength regions (as equal in tokens as can be), blue to red,
+        concatenated (one region: the plain mean over all tokens); with
+        ``embed_stats_token``, followed by the output of the stats token, the one token that
+        sees each spectrum's own mean and std, which standardisation divides out of the
+        patches (absolute line depths: metallicity). embed_dim = (pool_regions +
+        embed_stats_token) x d_model. Not standardised here."""
+        full, _, _ = self.encode_all(flux, ivar)
+        out = full[:, 1:]
+        parts = ([out.mean(dim=1)] if self.pool_regions == 1 else
+                 [r.mean(dim=1) for r in out.tensor_split(self.pool_regions, dim=1)])
+        if self.embed_stats_token:
+            parts.append(full[:, 0])
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def forward(self, flux: torch.Tensor, ivar: torch.Tensor, hidden: torch.Tensor,
                 target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

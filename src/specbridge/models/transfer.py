@@ -51,7 +51,7 @@ class ResidualAdapter(nn.Module):
 class SpecFormerRegressor(nn.Module):
     """The SpecFormer and the embedding MLP as one network, for LoRA on the SpecFormer itself.
 
-    (batch, 2, npix) [flux, ivar] -> SpecFormer embedding (mean over output tokens),
+    (batch, 2, npix) [flux, ivar] -> SpecFormer embedding (:meth:`SpecFormer.embed`),
     standardised with the statistics stored at pretraining -> embedding MLP -> (mean, log_var),
     each (batch, n_labels).
     """
@@ -168,9 +168,10 @@ def specformer_architecture(sf_extra: dict[str, Any], head_extra: dict[str, Any]
     keys = ("npix", "patch_size", "patch_stride", "d_model", "n_layers", "n_heads")
     sf = {k: int(sf_extra[k]) for k in keys}
     sf["pool_regions"] = int(sf_extra.get("pool_regions", 1))
+    sf["embed_stats_token"] = bool(sf_extra.get("embed_stats_token", False))
     return {"kind": "specformer", "specformer": sf,
             "head": architecture(head_extra, "lora", 0),
-            "embed_dim": sf["pool_regions"] * sf["d_model"]}
+            "embed_dim": (sf["pool_regions"] + sf["embed_stats_token"]) * sf["d_model"]}
 
 
 def build_servable(arch: dict[str, Any]) -> nn.Module:

@@ -18,14 +18,17 @@ from specbridge.errors import UserError
 from specbridge.evaluation.markdown import metrics_markdown
 from specbridge.stages import declared
 
-CONFIG_SECTIONS = ("evaluation", "finetune", "inference")
+CONFIG_SECTIONS = ("evaluation", "finetune", "inference", "training")
 log = logging.getLogger("specbridge.evaluate")
 
 
-def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[str, np.ndarray]:
-    """Labelled validation + test rows of all shards with every candidate's predictions:
-    specid, split, snr, ref, ref_err, ood_score and ood_distance (the embedding shard's; NaN
-    without one), and '<candidate>/value', '<candidate>/error'."""
+def gather_labelled(cands, shards, ft: dict, labels, batch_size: int
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(data, scores): ``data`` the labelled validation + test rows of all shards with every
+    candidate's predictions: specid, split, snr, ref, ref_err, ood_score and ood_distance
+    (the embedding shard's; NaN without one), and '<candidate>/value', '<candidate>/error';
+    ``scores`` split, ood_score and ood_distance of every labelled row, the training split's
+    too (the out-of-domain calibration, :func:`ood_domain_threshold`)."""
     from specbridge import flags
     from specbridge.inference.predict import embedding_shard_scores, predict_all, read_inputs
     from specbridge.labels import index
@@ -36,19 +39,24 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
     need = {c.feature for c in cands}
     bad = flags.FATAL_MASK | flags.flag("BAD_LABEL") | flags.flag("AMBIGUOUS_MATCH")
     parts: dict[str, list[np.ndarray]] = {}
+    scores: dict[str, list[np.ndarray]] = {}
     progress = Progress("evaluate", log, unit="shards")
     for k, s in enumerate(shards):
         d = read_inputs(s, need)
         split = assign_split(d["star"], ft["val_fraction"], ft["test_fraction"])
         ref = d["labels"][:, cols]
-        keep = ((d["flags"] & bad) == 0) & np.isfinite(ref).any(1) & (split != TRAIN)
+        labelled = ((d["flags"] & bad) == 0) & np.isfinite(ref).any(1)
+        keep = labelled & (split != TRAIN)
         n_rows = keep.size
+        score = embedding_shard_scores(s, n_rows)
+        dist = embedding_shard_scores(s, n_rows, "ood_distance")
+        for key, v in (("split", split), ("ood_score", score), ("ood_distance", dist)):
+            scores.setdefault(key, []).append(v[labelled])
         sub = {key: v[keep] for key, v in d.items()}
         preds = predict_all(cands, sub, batch_size)
         got = {"specid": sub["specid"], "split": split[keep], "snr": sub["snr"],
                "ref": ref[keep], "ref_err": d["label_errors"][keep][:, cols],
-               "ood_score": embedding_shard_scores(s, n_rows)[keep],
-               "ood_distance": embedding_shard_scores(s, n_rows, "ood_distance")[keep]}
+               "ood_score": score[keep], "ood_distance": dist[keep]}
         if "star" in sub:  # the per-star key, where the shards carry one
             got["star"] = sub["star"]
         for name, (v, e) in preds.items():
@@ -56,34 +64,41 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int) -> dict[st
         for key, v in got.items():
             parts.setdefault(key, []).append(v)
         progress(k + 1, len(shards))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return ({k: np.concatenate(v) for k, v in parts.items()},
+            {k: np.concatenate(v) for k, v in scores.items()})
 
 
-def ood_domain_threshold(data: dict[str, np.ndarray], percentile: float
-                         ) -> dict[str, Any] | None:
-    """The out-of-domain thresholds of the DESI domain, from the validation stars (labelled
-    DESI stars like those the candidates were fine-tuned on, never used to fit them): with
-    the reconstruction score alone, its ``percentile`` (0-100); with the embedding distance
-    as well, both at the one percentile q >= ``percentile`` (``ood_joint_percentile``) at
-    which a spectrum above either threshold is as rare among the validation stars as
-    ``100 - percentile`` %, so that the two checks together flag what one would.
-    Keys 'ood_threshold', 'ood_distance_threshold' (None without distances),
-    'ood_percentile', 'ood_joint_percentile', 'ood_threshold_n' (validation stars),
-    'ood_val_flagged' and 'ood_test_flagged' (fractions above either). None with fewer than
-    20 finite validation scores."""
+def ood_domain_threshold(data: dict[str, np.ndarray], percentile: float,
+                         with_training_split: bool = True) -> dict[str, Any] | None:
+    """The out-of-domain thresholds of the DESI domain, from the calibration stars: every
+    labelled DESI star outside the test split (``data['split']`` != 2: the fine-tuning and
+    validation stars, in-domain by construction and never seen by the pretrained SpecFormer
+    that scores them; a tail percentile of the ~700 validation stars alone rests on a handful
+    of stars), or without ``with_training_split`` (the SpecFormer pretrained on the training
+    split's DESI spectra: ``training.specformer.target_spectra``) the validation stars. With
+    the reconstruction score alone, its ``percentile`` (0-100); with the
+    embedding distance as well, both at the one percentile q >= ``percentile``
+    (``ood_joint_percentile``) at which a spectrum above either threshold is as rare among
+    the calibration stars as ``100 - percentile`` %, so that the two checks together flag
+    what one would. Keys 'ood_threshold', 'ood_distance_threshold' (None without distances),
+    'ood_percentile', 'ood_joint_percentile', 'ood_threshold_n' (calibration stars),
+    'ood_calibration_splits' ('train+calib' or 'calib'),
+    'ood_calibration_flagged' and 'ood_test_flagged' (fractions above either). None with
+    fewer than 20 finite calibration scores."""
     score = data.get("ood_score")
     if score is None:
         return None
-    val = (data["split"] == 1) & np.isfinite(score)
-    if val.sum() < 20:
+    calib = ((data["split"] != 2) if with_training_split else (data["split"] == 1)
+             ) & np.isfinite(score)
+    if calib.sum() < 20:
         return None
     dist = data.get("ood_distance")
-    with_dist = dist is not None and (np.isfinite(dist) & val).sum() >= 20
+    with_dist = dist is not None and (np.isfinite(dist) & calib).sum() >= 20
     target = 1.0 - percentile / 100.0
 
     def thresholds(q: float) -> tuple[float, float | None]:
-        return (float(np.percentile(score[val], q)),
-                float(np.percentile(dist[val & np.isfinite(dist)], q)) if with_dist else None)
+        return (float(np.percentile(score[calib], q)),
+                float(np.percentile(dist[calib & np.isfinite(dist)], q)) if with_dist else None)
 
     def above(rows: np.ndarray, thr: tuple[float, float | None]) -> np.ndarray:
         with np.errstate(invalid="ignore"):
@@ -96,15 +111,16 @@ def ood_domain_threshold(data: dict[str, np.ndarray], percentile: float
     if with_dist:  # the smallest q on a 0.01 grid whose union rate is within the target
         grid = np.unique(np.r_[q, np.arange(int(np.ceil(q * 100)), 10001) / 100.0])
         for q in grid:  # the union rate only falls as q rises; 100 flags none
-            if above(val, thresholds(float(q))).mean() <= target + 1e-12:
+            if above(calib, thresholds(float(q))).mean() <= target + 1e-12:
                 break
         q = float(q)
     thr = thresholds(q)
     test = data["split"] == 2
     return {"ood_threshold": thr[0], "ood_distance_threshold": thr[1],
             "ood_percentile": float(percentile), "ood_joint_percentile": round(q, 2),
-            "ood_threshold_n": int(val.sum()),
-            "ood_val_flagged": float(above(val, thr).mean()),
+            "ood_threshold_n": int(calib.sum()),
+            "ood_calibration_splits": "train+val" if with_training_split else "val",
+            "ood_calibration_flagged": float(above(calib, thr).mean()),
             "ood_test_flagged": float(above(test, thr).mean()) if test.any() else float("nan")}
 
 
@@ -261,7 +277,7 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     names = [c.name for c in cands]
     need_emb = any(c.feature == "embedding" for c in cands)
     shards = paired_shards(inputs["spectra"], inputs.get("embeddings") if need_emb else None)
-    data = gather_labelled(cands, shards, cfg["finetune"], labels, inf["batch_size"])
+    data, scores = gather_labelled(cands, shards, cfg["finetune"], labels, inf["batch_size"])
     n_val = int((data["split"] == 1).sum())
     n_test = int((data["split"] == 2).sum())
     log.info("%d candidates on %d validation and %d test DESI spectra with labels",
@@ -269,14 +285,18 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     if n_val == 0 or n_test == 0:
         raise UserError(f"{n_val} validation / {n_test} test spectra with labels: too few")
     metrics, selection, summ, calib = tabulate(data, labels, names, cfg)
-    domain = ood_domain_threshold(data, inf["ood"]["percentile"])
+    from specbridge.stages.pretrain import specformer_training
+
+    seen = bool(specformer_training(cfg["training"]).get("target_spectra"))
+    domain = ood_domain_threshold(scores, inf["ood"]["percentile"], not seen)
     if domain is not None:
         calib.meta.update(domain)
         log.info("out-of-domain thresholds of the DESI domain (each at the %g-th percentile "
-                 "of %d validation stars, so that %.1f %% of them are above either): score "
-                 "%.4g, embedding distance %s; test stars above either: %.1f %%",
+                 "of %d calibration stars (%s), so that %.1f %% of them are above either): "
+                 "score %.4g, embedding distance %s; test stars above either: %.1f %%",
                  domain["ood_joint_percentile"], domain["ood_threshold_n"],
-                 100 * domain["ood_val_flagged"], domain["ood_threshold"],
+                 domain["ood_calibration_splits"],
+                 100 * domain["ood_calibration_flagged"], domain["ood_threshold"],
                  domain["ood_distance_threshold"], 100 * domain["ood_test_flagged"])
     meta = {"labels": labels, "candidates": names, "router": selection.meta["router"],
             "router_setting": inf["router"], "router_passes": inf["router_passes"],

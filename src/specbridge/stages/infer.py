@@ -98,8 +98,10 @@ def _ood_settings(ood: dict[str, Any], embeddings: str | None,
                   calibration_meta: dict[str, Any]) -> dict[str, Any]:
     """The out-of-domain settings of :func:`specbridge.inference.ood.ood_flags`: the score
     and embedding-distance thresholds, the percentile, z_max and where the thresholds come
-    from ('source'). They are the DESI domain's (both at the percentile of the DESI validation
-    stars' scores and distances at which 100 - percentile % of them are above either,
+    from ('source'). They are the DESI domain's (both at the percentile of the labelled DESI
+    calibration stars' scores and distances at which 100 - percentile % of them are above
+    either, the training and validation splits' or, where the SpecFormer saw the training
+    split, the validation split's,
     'joint_percentile', written by evaluate into the calibration table's meta) when the
     calibration was made for the configured percentile; else each the configured percentile
     of the held-out LAMOST spectra's (from the embedding index); None without either."""
@@ -111,7 +113,7 @@ def _ood_settings(ood: dict[str, Any], embeddings: str | None,
         return {**base, "threshold": float(calibration_meta["ood_threshold"]),
                 "distance_threshold": None if dt is None else float(dt),
                 "joint_percentile": float(calibration_meta.get("ood_joint_percentile", pct)),
-                "source": "DESI validation"}
+                "source": f"DESI {calibration_meta.get('ood_calibration_splits', 'val')}"}
     thresholds: dict[str, float | None] = {"threshold": None, "distance_threshold": None}
     if embeddings:
         from specbridge.inference.ood import score_threshold
