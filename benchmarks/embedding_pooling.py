@@ -1,6 +1,7 @@
 """How much of the labels a SpecFormer's embedding keeps, by the way its output tokens are
 pooled: validation linear probes (ridge on frozen, standardised embeddings; the same on the
 pixels for reference) for token means over 1, 4, 8, 16 ... contiguous wavelength regions,
+each without and with the stats token's output (``models.specformer.embed_stats_token``),
 with the weights of a finished run's pretrained SpecFormer (pooling has no weights, so one
 checkpoint serves every setting).
 
@@ -20,20 +21,23 @@ import numpy as np
 
 
 def pooled(net, flux: np.ndarray, ivar: np.ndarray, regions: list[int]
-           ) -> dict[int, np.ndarray]:
-    """{regions: (n, regions x d_model)} token means over that many regions, one encoder
-    pass per batch for every setting."""
+           ) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """({regions: (n, regions x d_model)} patch-token means over that many regions, the stats
+    token's output (n, d_model)), one encoder pass per batch for every setting."""
     import torch
 
     out: dict[int, list[np.ndarray]] = {r: [] for r in regions}
+    stats: list[np.ndarray] = []
     with torch.no_grad():
         for a in range(0, len(flux), 256):
-            tok, _, _ = net.encode(torch.from_numpy(flux[a:a + 256]),
-                                   torch.from_numpy(ivar[a:a + 256]))
+            full, _, _ = net.encode_all(torch.from_numpy(flux[a:a + 256]),
+                                        torch.from_numpy(ivar[a:a + 256]))
+            tok = full[:, 1:]
+            stats.append(full[:, 0].numpy())
             for r in regions:
                 out[r].append(torch.cat([c.mean(1) for c in tok.tensor_split(r, dim=1)],
                                         1).numpy())
-    return {r: np.concatenate(v) for r, v in out.items()}
+    return {r: np.concatenate(v) for r, v in out.items()}, np.concatenate(stats)
 
 
 def split_rows(index: Path, labels: list[str], split: str, val_fraction: float, rows: int):
@@ -74,7 +78,8 @@ def main() -> None:
     vf = float(cfg["training"]["val_fraction"])
     tr = split_rows(index, labels, "train", vf, args.rows)
     va = split_rows(index, labels, "val", vf, args.rows)
-    et, ev = pooled(net, tr[0], tr[1], args.regions), pooled(net, va[0], va[1], args.regions)
+    (et, st), (ev, sv) = (pooled(net, tr[0], tr[1], args.regions),
+                          pooled(net, va[0], va[1], args.regions))
     print(f"{len(tr[3])} training, {len(va[3])} validation spectra; validation robust sigma "
           "of ridge probes")
     print("| features | dims | " + " | ".join(labels) + " |")
@@ -82,6 +87,10 @@ def main() -> None:
     for r in args.regions:
         sig = [linear_probe(et[r], tr[3][:, i], ev[r], va[3][:, i]) for i in range(len(labels))]
         print(f"| tokens, {r} region(s) | {et[r].shape[1]} | "
+              + " | ".join(f"{s:.4g}" for s in sig) + " |")
+        xt, xv = np.hstack([et[r], st]), np.hstack([ev[r], sv])
+        sig = [linear_probe(xt, tr[3][:, i], xv, va[3][:, i]) for i in range(len(labels))]
+        print(f"| tokens, {r} region(s) + the stats token | {xt.shape[1]} | "
               + " | ".join(f"{s:.4g}" for s in sig) + " |")
     sig = [linear_probe(tr[2], tr[3][:, i], va[2], va[3][:, i]) for i in range(len(labels))]
     print(f"| pixels | {tr[2].shape[1]} | " + " | ".join(f"{s:.4g}" for s in sig) + " |")

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snr-bins", type=float, nargs="+", metavar="SNR",
                     help="S/N bin edges: columns by S/N instead of by regime")
     args = ap.parse_args(argv)
+    if args.snr_bins is not None and (len(args.snr_bins) < 2
+                                      or np.any(np.diff(args.snr_bins) <= 0)):
+        ap.error("--snr-bins needs at least two increasing edges")
     with h5py.File(args.results / "evaluation" / "predictions.h5", "r") as h:
         labels = [v.decode() if isinstance(v, bytes) else str(v) for v in h.attrs["labels"]]
         test = h["split"][()] == SPLIT_CODES[args.split]
@@ -72,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         for i, lab in enumerate(labels):
             cells = []
             for m in regimes.values():
+                if m.sum() < 2:
+                    cells.append(f"- (n {int(m.sum())})")
+                    continue
                 a = preds[emb][m, i] - ref[m, i]
                 b = preds[spec][m, i] - ref[m, i]
                 est, lo, hi = bootstrap_interval(ratio, a, b, groups=star[m],

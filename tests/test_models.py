@@ -177,10 +177,18 @@ def test_embedding_with_the_stats_token_keeps_each_spectrums_line_depth():
         x1, _, _ = with_stats.standardise(flux, ivar)
         x2, _, _ = with_stats.standardise(1 + 2 * (flux - 1), ivar)
     assert e.shape == (2, 80)
+    assert tokens.shape == (2, 1 + with_stats.n_patches, 16)
+    torch.testing.assert_close(tokens[:, 1:], with_stats.encode(flux, ivar)[0])
     torch.testing.assert_close(e[:, :64], e_plain)
     torch.testing.assert_close(e[:, 64:], tokens[:, 0])
     torch.testing.assert_close(x1, x2)
     assert (deeper[:, 64:] - e[:, 64:]).abs().max() > 1e-3
+    # known answer without transformer blocks: the stats token's own embedding, normalised
+    bare = SpecFormer(**{**kw, "n_layers": 0}, embed_stats_token=True).eval()
+    with torch.no_grad():
+        _, stats, _ = bare.standardise(flux, ivar)
+        want = bare.norm(bare.stats_embed(stats) + bare.pos[:, 0])
+        torch.testing.assert_close(bare.embed(flux, ivar)[:, -16:], want)
 
 
 def test_specformer_checkpoint_architecture_keeps_the_stats_token():
@@ -191,6 +199,12 @@ def test_specformer_checkpoint_architecture_keeps_the_stats_token():
             "n_heads": 2, "pool_regions": 3, "embed_stats_token": True}
     assert build_model("specformer", arch).embed_dim == 64
     head = {"npix": 64, "hidden": [8], "labels": ["teff"], "dropout": 0.0}
-    assert specformer_architecture(arch, head)["embed_dim"] == 64
+    cand = specformer_architecture(arch, head)
+    assert cand["embed_dim"] == 64
+    net = build_model("candidate", cand).eval()  # the servable SpecFormer + head runs
+    with torch.no_grad():
+        mean, log_var = net(torch.stack([1 + 0.1 * torch.randn(2, 1462),
+                                         torch.full((2, 1462), 100.0)], dim=1))
+    assert mean.shape == (2, 1) and torch.isfinite(mean).all()
     old = {k: v for k, v in arch.items() if k != "embed_stats_token"}  # older checkpoints
     assert build_model("specformer", old).embed_dim == 48

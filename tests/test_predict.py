@@ -265,8 +265,8 @@ def nan_embedding_outputs(embedding_run, transfer_run, tool_env):
     run_specbridge(["evaluate", "--config", run["config"], "--checkpoints", *run["cands"],
                     "--spectra", run["spectra"], "--embeddings", run["emb"]["desi"],
                     "--metrics", ev / "m.ecsv", "--metrics-md", ev / "m.md", "--selection",
-                    ev / "sel.ecsv", "--summary", ev / "s.ecsv", "--predictions", ev / "p.h5"],
-                   tool_env)
+                    ev / "sel.ecsv", "--summary", ev / "s.ecsv", "--predictions", ev / "p.h5",
+                    "--calibration", ev / "calib.ecsv"], tool_env)
     # make the embedding MLP serve teff in both regimes and spectrum MLPs the rest, whatever
     # the tiny models' metrics chose
     sel = Table.read(ev / "sel.ecsv", format="ascii.ecsv")
@@ -280,6 +280,21 @@ def nan_embedding_outputs(embedding_run, transfer_run, tool_env):
     return run, {"mlp_router": _infer_and_vac(run, tool_env, "mlp_router"),
                  "emb_router": _infer_and_vac(run, tool_env, "emb_router",
                                               router="emb_mlp_zeroshot")}
+
+
+def test_evaluate_calibrates_the_desi_ood_thresholds_beyond_the_validation_stars(
+        nan_embedding_outputs):
+    """The DESI out-of-domain thresholds come from every labelled star outside the test split
+    (the fine-tuning stars too), not from the validation stars alone."""
+    run, _ = nan_embedding_outputs
+    ev = run["dir"] / "eval"
+    meta = Table.read(ev / "calib.ecsv", format="ascii.ecsv").meta
+    with h5py.File(ev / "p.h5") as h:
+        split, score = h["split"][()], h["ood_score"][()]
+    n_val = int(((split == 1) & np.isfinite(score)).sum())
+    assert meta["ood_calibration_splits"] == "train+val"
+    assert n_val >= 20 and meta["ood_threshold_n"] > n_val
+    assert 0 <= meta["ood_calibration_flagged"] <= 0.01 + 1e-9
 
 
 def _text(v) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 from specbridge.atomic import atomic_output
 from specbridge.errors import UserError
 from specbridge.evaluation.markdown import metrics_markdown
+from specbridge.splits import TEST, VALIDATION
 from specbridge.stages import declared
 
 CONFIG_SECTIONS = ("evaluation", "finetune", "inference", "training")
@@ -71,25 +72,26 @@ def gather_labelled(cands, shards, ft: dict, labels, batch_size: int
 def ood_domain_threshold(data: dict[str, np.ndarray], percentile: float,
                          with_training_split: bool = True) -> dict[str, Any] | None:
     """The out-of-domain thresholds of the DESI domain, from the calibration stars: every
-    labelled DESI star outside the test split (``data['split']`` != 2: the fine-tuning and
-    validation stars, in-domain by construction and never seen by the pretrained SpecFormer
-    that scores them; a tail percentile of the ~700 validation stars alone rests on a handful
-    of stars), or without ``with_training_split`` (the SpecFormer pretrained on the training
-    split's DESI spectra: ``training.specformer.target_spectra``) the validation stars. With
-    the reconstruction score alone, its ``percentile`` (0-100); with the
-    embedding distance as well, both at the one percentile q >= ``percentile``
+    labelled DESI star outside the test split (``data['split']`` != TEST: the fine-tuning and
+    validation stars, in-domain by construction, their DESI spectra never seen by the
+    pretrained SpecFormer that scores them; a tail percentile of the ~700 validation stars
+    alone rests on a handful of stars), or without ``with_training_split`` (the SpecFormer
+    pretrained on the training split's DESI spectra: ``training.specformer.target_spectra``)
+    the validation stars. With the reconstruction score alone, its ``percentile`` (0-100);
+    with the embedding distance as well, both at the one percentile q >= ``percentile``
     (``ood_joint_percentile``) at which a spectrum above either threshold is as rare among
     the calibration stars as ``100 - percentile`` %, so that the two checks together flag
-    what one would. Keys 'ood_threshold', 'ood_distance_threshold' (None without distances),
-    'ood_percentile', 'ood_joint_percentile', 'ood_threshold_n' (calibration stars),
-    'ood_calibration_splits' ('train+calib' or 'calib'),
-    'ood_calibration_flagged' and 'ood_test_flagged' (fractions above either). None with
-    fewer than 20 finite calibration scores."""
+    what one would. ``data``: 'split' (n,) split codes, 'ood_score' (n,) and optionally
+    'ood_distance' (n,). Keys 'ood_threshold', 'ood_distance_threshold' (None without
+    distances), 'ood_percentile', 'ood_joint_percentile', 'ood_threshold_n' (calibration
+    stars), 'ood_calibration_splits' ('train+val' or 'val'), 'ood_calibration_flagged' and
+    'ood_test_flagged' (fractions above either). None with fewer than 20 finite calibration
+    scores."""
     score = data.get("ood_score")
     if score is None:
         return None
-    calib = ((data["split"] != 2) if with_training_split else (data["split"] == 1)
-             ) & np.isfinite(score)
+    calib = ((data["split"] != TEST) if with_training_split
+             else (data["split"] == VALIDATION)) & np.isfinite(score)
     if calib.sum() < 20:
         return None
     dist = data.get("ood_distance")
@@ -115,7 +117,7 @@ def ood_domain_threshold(data: dict[str, np.ndarray], percentile: float,
                 break
         q = float(q)
     thr = thresholds(q)
-    test = data["split"] == 2
+    test = data["split"] == TEST
     return {"ood_threshold": thr[0], "ood_distance_threshold": thr[1],
             "ood_percentile": float(percentile), "ood_joint_percentile": round(q, 2),
             "ood_threshold_n": int(calib.sum()),
