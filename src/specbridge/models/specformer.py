@@ -177,12 +177,10 @@ class SpecFormer(nn.Module):
         patches (absolute line depths: metallicity). embed_dim = (pool_regions +
         embed_stats_token) x d_model. Not standardised here."""
         full, _, _ = self.encode_all(flux, ivar)
-        out = full[:, 1:]
-        parts = ([out.mean(dim=1)] if self.pool_regions == 1 else
-                 [r.mean(dim=1) for r in out.tensor_split(self.pool_regions, dim=1)])
+        parts = [r.mean(dim=1) for r in full[:, 1:].tensor_split(self.pool_regions, dim=1)]
         if self.embed_stats_token:
             parts.append(full[:, 0])
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return torch.cat(parts, dim=1)
 
     def forward(self, flux: torch.Tensor, ivar: torch.Tensor, hidden: torch.Tensor,
                 target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
