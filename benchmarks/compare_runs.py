@@ -3,6 +3,9 @@ candidate on the same DESI test stars: robust sigma of each and the paired diffe
 (after - before) with a 95 % bootstrap interval over stars.
 
     python benchmarks/compare_runs.py BEFORE_RESULTS AFTER_RESULTS [--candidates routed mlp_lora]
+        [--split test]
+
+``--split val`` compares on the validation stars, the split on which choices are made.
 
 Reads each run's evaluation/predictions.h5; the test stars are matched by SPECID (both runs
 must be of the same mock). Prints markdown.
@@ -24,11 +27,11 @@ from specbridge.splits import SPLIT_CODES
 from specbridge.stages.evaluate import star_keys
 
 
-def read(results: Path, names: list[str]) -> dict[str, Any]:
-    """The test split's specid, star key (for the bootstrap), ref (n, n_labels) and each
+def read(results: Path, names: list[str], split: str = "test") -> dict[str, Any]:
+    """The ``split``'s specid, star key (for the bootstrap), ref (n, n_labels) and each
     candidate's value (n, n_labels), and the run's label names ('labels')."""
     with h5py.File(results / "evaluation" / "predictions.h5", "r") as h:
-        test = h["split"][()] == SPLIT_CODES["test"]
+        test = h["split"][()] == SPLIT_CODES[split]
         out: dict[str, Any] = {k: h[k][()][test] for k in ("specid", "ref")
                                + (("star",) if "star" in h else ())}
         out["star"] = star_keys(out)
@@ -45,12 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", nargs="+", default=["routed", "mlp_lora",
                                                         "specformer_lora"])
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--split", choices=("val", "test"), default="test")
     args = ap.parse_args(argv)
-    a, b = read(args.before, args.candidates), read(args.after, args.candidates)
+    a = read(args.before, args.candidates, args.split)
+    b = read(args.after, args.candidates, args.split)
     if a["labels"] != b["labels"]:
         raise SystemExit(f"the runs predict different labels: {a['labels']} / {b['labels']}")
     common, ia, ib = np.intersect1d(a["specid"], b["specid"], return_indices=True)
-    print(f"{common.size} test spectra in both runs\n")
+    print(f"{common.size} {args.split} spectra in both runs\n")
     print("| candidate | label | before | after | after - before (95 %) | better |")
     print("|---|---|---|---|---|---|")
     for c in args.candidates:

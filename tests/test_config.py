@@ -101,6 +101,15 @@ def test_bad_value_names_key_and_allowed_values(repo, override, key, words):
         assert w in msg
 
 
+def test_fixed_flux_scale_needs_continuum_normalised_flux(repo):
+    over = {"models": {"specformer": {"flux_scale": 0.1}},
+            "preprocess": {"continuum": {"method": "none"}}}
+    with pytest.raises(ConfigError, match="'models.specformer.flux_scale' = 0.1 needs"):
+        load_config(repo / "config.yaml", over)
+    over["models"]["specformer"]["flux_scale"] = None
+    assert load_config(repo / "config.yaml", over)["models"]["specformer"]["flux_scale"] is None
+
+
 def test_unknown_key_is_an_error():
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['epoch'\] under 'training'"):
         validate_config({"training": {"epoch": 3}})

@@ -91,12 +91,14 @@ def test_span_mask_reaches_the_configured_fraction(fraction, span):
     assert torch.all(runs % span == 0)
 
 
-def test_no_hidden_pixel_reaches_the_encoder():
+@pytest.mark.parametrize("flux_scale", [None, 0.1])
+def test_no_hidden_pixel_reaches_the_encoder(flux_scale):
     """Perturbing hidden pixels leaves every output token, the reconstruction and the loss's
-    prediction unchanged; perturbing a visible pixel changes them."""
+    prediction unchanged; perturbing a visible pixel changes them (with either
+    standardisation)."""
     torch.manual_seed(0)
     m = SpecFormer(npix=500, patch_size=20, patch_stride=10, d_model=32, n_layers=2,
-                   n_heads=4).eval()
+                   n_heads=4, flux_scale=flux_scale).eval()
     flux = 1 + 0.1 * torch.randn(4, 500)
     ivar = torch.full((4, 500), 50.0)
     hidden = span_mask(4, 500, 0.3, 40, torch.Generator().manual_seed(2))
@@ -191,20 +193,55 @@ def test_embedding_with_the_stats_token_keeps_each_spectrums_line_depth():
         torch.testing.assert_close(bare.embed(flux, ivar)[:, -16:], want)
 
 
+def test_fixed_flux_scale_keeps_absolute_line_depths_and_ignores_noise_level():
+    """With ``flux_scale`` the encoder sees (flux - 1) / flux_scale: a known answer, lines
+    twice as deep give patches twice as large, and added noise does not shrink the noiseless
+    pixels' values as a per-spectrum std (which the noise inflates) does."""
+    kw = {"npix": 300, "patch_size": 20, "patch_stride": 10, "d_model": 16, "n_layers": 1,
+          "n_heads": 2}
+    fixed, per_spectrum = SpecFormer(**kw, flux_scale=0.1), SpecFormer(**kw)
+    g = torch.Generator().manual_seed(4)
+    flux = 1 - 0.2 * torch.rand(2, 300, generator=g)
+    ivar = torch.full((2, 300), 100.0)
+    ivar[0, :7] = 0.0
+    x, stats, scale = fixed.standardise(flux, ivar)
+    want = torch.where(ivar > 0, (flux - 1) / 0.1, torch.zeros_like(flux))
+    torch.testing.assert_close(x, want)
+    torch.testing.assert_close(scale, torch.full((2, 1), 0.1))
+    # the stats token sees the same per-spectrum statistics either way
+    torch.testing.assert_close(stats, per_spectrum.standardise(flux, ivar)[1])
+    deeper, _, _ = fixed.standardise(1 + 2 * (flux - 1), ivar)
+    torch.testing.assert_close(deeper, 2 * x)
+    # noise on every other pixel: the untouched pixels keep their value with the fixed scale
+    noisy = flux.clone()
+    noisy[:, ::2] += 0.3 * torch.randn(2, 150, generator=g)
+    quiet = torch.zeros(300, dtype=torch.bool)
+    quiet[1::2] = True
+    quiet &= ivar[0] > 0
+    torch.testing.assert_close(fixed.standardise(noisy, ivar)[0][0, quiet], x[0, quiet])
+    shrunk = per_spectrum.standardise(noisy, ivar)[0][0, quiet].abs().mean()
+    assert shrunk < 0.8 * per_spectrum.standardise(flux, ivar)[0][0, quiet].abs().mean()
+    with pytest.raises(ValueError, match="flux_scale"):
+        SpecFormer(**kw, flux_scale=0.0)
+
+
 def test_specformer_checkpoint_architecture_keeps_the_stats_token():
     from specbridge.models.checkpoint import build_model
     from specbridge.models.transfer import specformer_architecture
 
     arch = {"npix": 1462, "patch_size": 20, "patch_stride": 10, "d_model": 16, "n_layers": 1,
-            "n_heads": 2, "pool_regions": 3, "embed_stats_token": True}
+            "n_heads": 2, "pool_regions": 3, "embed_stats_token": True, "flux_scale": 0.1}
     assert build_model("specformer", arch).embed_dim == 64
+    assert build_model("specformer", arch).flux_scale == 0.1
     head = {"npix": 64, "hidden": [8], "labels": ["teff"], "dropout": 0.0}
     cand = specformer_architecture(arch, head)
-    assert cand["embed_dim"] == 64
+    assert cand["embed_dim"] == 64 and cand["specformer"]["flux_scale"] == 0.1
     net = build_model("candidate", cand).eval()  # the servable SpecFormer + head runs
     with torch.no_grad():
         mean, log_var = net(torch.stack([1 + 0.1 * torch.randn(2, 1462),
                                          torch.full((2, 1462), 100.0)], dim=1))
     assert mean.shape == (2, 1) and torch.isfinite(mean).all()
-    old = {k: v for k, v in arch.items() if k != "embed_stats_token"}  # older checkpoints
+    old = {k: v for k, v in arch.items()
+           if k not in ("embed_stats_token", "flux_scale")}  # older checkpoints
     assert build_model("specformer", old).embed_dim == 48
+    assert build_model("specformer", old).flux_scale is None

@@ -78,7 +78,18 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if errors:
         # report the most specific error (deepest path); others are usually consequences
         raise ConfigError(_one_line(errors[-1]))
+    _check_combinations(cfg)
     return cfg
+
+
+def _check_combinations(cfg: Mapping[str, Any]) -> None:
+    """ConfigError for settings valid one by one that contradict each other."""
+    scale = cfg.get("models", {}).get("specformer", {}).get("flux_scale")
+    method = cfg.get("preprocess", {}).get("continuum", {}).get("method")
+    if scale is not None and method == "none":
+        raise ConfigError(f"config key 'models.specformer.flux_scale' = {scale!r} needs "
+                          "continuum-normalised flux (preprocess.continuum.method: envelope); "
+                          "set it to null for un-normalised spectra")
 
 
 def load_config(path: str | Path | None = None,

@@ -12,7 +12,8 @@ file. ``arch`` and ``meta`` hold JSON-able values (numpy arrays become lists). K
   ``hidden``, ``dropout``, ``n_labels``; meta ``labels``, ``label_mean``, ``label_std``
   (physical units), ``history``, ``best_epoch``, ``val_robust_sigma``, ``val_label_spread``.
 * ``specformer``: arch ``npix``, ``patch_size``, ``patch_stride``, ``d_model``, ``n_layers``,
-  ``n_heads`` (+ the rest of its config section, e.g. ``pool_regions``, ``embed_stats_token``); meta
+  ``n_heads`` (+ the rest of its config section, e.g. ``pool_regions``, ``embed_stats_token``,
+  ``flux_scale``); meta
   ``embed_mean``, ``embed_std`` (embed_dim,), ``history``, ``best_epoch``,
   ``val_loss``, ``val_patch_mean_loss``.
 * ``candidate``: the servable fine-tuned module (see :mod:`specbridge.models.transfer`);
@@ -280,7 +281,8 @@ def build_model(kind: str, arch: Mapping[str, Any]) -> nn.Module:
                           arch["d_model"], arch["n_layers"], arch["n_heads"],
                           score_span=int(arch.get("mask_span", 40)),
                           pool_regions=int(arch.get("pool_regions", 1)),
-                          embed_stats_token=bool(arch.get("embed_stats_token", False)))
+                          embed_stats_token=bool(arch.get("embed_stats_token", False)),
+                          flux_scale=arch.get("flux_scale"))
     if kind == "candidate":
         return _build_servable(arch)
     raise ValueError(f"no module for checkpoint kind {kind!r}")

@@ -1,7 +1,8 @@
 """SpecFormer: a transformer foundation model for spectra (SpecCLIP conventions, docs/design.md).
 
 Each spectrum (batch, npix) is standardised by the mean and standard deviation of its usable,
-visible pixels and cut into patches of ``patch_size`` pixels with stride ``patch_stride``; the
+visible pixels (or, with ``flux_scale``, continuum-normalised flux is taken as (flux - 1) /
+flux_scale) and cut into patches of ``patch_size`` pixels with stride ``patch_stride``; the
 spectrum is padded at the red end (with unusable pixels) so that the patches cover every pixel.
 A leading token carries the statistics (mean and log10 std); patches are embedded linearly,
 learned positions are added, and a stack of pre-LayerNorm transformer blocks (``d_model``,
@@ -64,7 +65,7 @@ class SpecFormer(nn.Module):
     def __init__(self, npix: int = 1462, patch_size: int = 20, patch_stride: int = 10,
                  d_model: int = 768, n_layers: int = 6, n_heads: int = 6,
                  dropout: float = 0.0, score_span: int = 40, pool_regions: int = 1,
-                 embed_stats_token: bool = False):
+                 embed_stats_token: bool = False, flux_scale: float | None = None):
         super().__init__()
         if patch_stride > patch_size:
             raise ValueError(f"patch_stride {patch_stride} > patch_size {patch_size} would "
@@ -76,6 +77,9 @@ class SpecFormer(nn.Module):
             raise ValueError(f"pool_regions {pool_regions} must be 1 to {self.n_patches} (the "
                              "patch tokens)")
         self.pool_regions = pool_regions
+        if flux_scale is not None and not flux_scale > 0:
+            raise ValueError(f"flux_scale {flux_scale} must be positive (or None)")
+        self.flux_scale = None if flux_scale is None else float(flux_scale)
         self.embed_stats_token = embed_stats_token
         self.embed_dim = (pool_regions + int(embed_stats_token)) * d_model
         self.pad = (self.n_patches - 1) * patch_stride + patch_size - npix
@@ -98,10 +102,14 @@ class SpecFormer(nn.Module):
     def standardise(self, flux: torch.Tensor, ivar: torch.Tensor,
                     hidden: torch.Tensor | None = None,
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-spectrum mean/std over usable (ivar > 0), visible (not ``hidden``) pixels:
-        (x (batch, npix) = (flux - mean) / std with unusable pixels set to 0, hidden ones
-        included, stats (batch, 2) = mean and log10 std, std (batch, 1)). flux, ivar:
-        (batch, npix); hidden: (batch, npix) bool or None."""
+        """The encoder's input, x (batch, npix) = (flux - centre) / scale with unusable pixels
+        set to 0 (hidden ones included); stats (batch, 2) = the mean and log10 std of each
+        spectrum's usable (ivar > 0), visible (not ``hidden``) pixels, which the stats token
+        sees; scale (batch, 1). Without ``flux_scale`` centre and scale are those per-spectrum
+        mean and std (the paper's standardisation: only relative line depths reach the patch
+        tokens); with it, 1 and ``flux_scale`` (continuum-normalised flux keeps its absolute
+        line depths, and a noisy spectrum's lines are not shrunk by a std its noise inflates).
+        flux, ivar: (batch, npix); hidden: (batch, npix) bool or None."""
         use = ivar > 0
         vis = use if hidden is None else use & ~hidden
         w = vis.to(flux.dtype)
@@ -109,9 +117,18 @@ class SpecFormer(nn.Module):
         n = w.sum(1, keepdim=True).clamp(min=1)
         mu = (flux * w).sum(1, keepdim=True) / n
         sd = (((flux - mu) ** 2 * w).sum(1, keepdim=True) / n).sqrt().clamp(min=1e-6)
-        x = torch.where(use, (flux - mu) / sd, torch.zeros_like(flux))
         stats = torch.cat([mu, torch.log10(sd)], dim=1)
-        return x, stats, sd
+        centre, scale = self._centre_scale(mu, sd)
+        x = torch.where(use, (flux - centre) / scale, torch.zeros_like(flux))
+        return x, stats, scale
+
+    def _centre_scale(self, mu: torch.Tensor, sd: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(centre, scale), each (batch, 1), from the per-spectrum mean and std (see
+        :meth:`standardise`)."""
+        if self.flux_scale is None:
+            return mu, sd
+        return torch.ones_like(mu), torch.full_like(sd, self.flux_scale)
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, npix) -> (batch, n_patches, patch_size), zero-padded at the red end."""
@@ -155,7 +172,8 @@ class SpecFormer(nn.Module):
         x, stats, sd = self.standardise(flux, ivar, hidden)
         x_out = x
         if target is not None:
-            x_out = torch.where(ivar > 0, (target - stats[:, :1]) / sd, torch.zeros_like(x))
+            centre, _ = self._centre_scale(stats[:, :1], sd)
+            x_out = torch.where(ivar > 0, (target - centre) / sd, torch.zeros_like(x))
         seen = x if hidden is None else torch.where(hidden, torch.zeros_like(x), x)
         tok = self.patch_embed(self.patches(seen))
         if hidden is not None:

@@ -169,6 +169,8 @@ def specformer_architecture(sf_extra: dict[str, Any], head_extra: dict[str, Any]
     sf = {k: int(sf_extra[k]) for k in keys}
     sf["pool_regions"] = int(sf_extra.get("pool_regions", 1))
     sf["embed_stats_token"] = bool(sf_extra.get("embed_stats_token", False))
+    scale = sf_extra.get("flux_scale")
+    sf["flux_scale"] = None if scale is None else float(scale)
     return {"kind": "specformer", "specformer": sf,
             "head": architecture(head_extra, "lora", 0),
             "embed_dim": (sf["pool_regions"] + sf["embed_stats_token"]) * sf["d_model"]}
