@@ -1,13 +1,13 @@
 """Two runs of the pipeline on the same mock (e.g. before and after a change), candidate by
-candidate on the same DESI test stars: robust sigma of each and the paired difference
-(after - before) with a 95 % bootstrap interval over stars.
+candidate on the same DESI stars (the test split unless ``--split val``): robust sigma of each
+and the paired difference (after - before) with a 95 % bootstrap interval over stars.
 
     python benchmarks/compare_runs.py BEFORE_RESULTS AFTER_RESULTS [--candidates routed mlp_lora]
         [--split test]
 
 ``--split val`` compares on the validation stars, the split on which choices are made.
 
-Reads each run's evaluation/predictions.h5; the test stars are matched by SPECID (both runs
+Reads each run's evaluation/predictions.h5; the stars are matched by SPECID (both runs
 must be of the same mock). Prints markdown.
 """
 
@@ -31,13 +31,13 @@ def read(results: Path, names: list[str], split: str = "test") -> dict[str, Any]
     """The ``split``'s specid, star key (for the bootstrap), ref (n, n_labels) and each
     candidate's value (n, n_labels), and the run's label names ('labels')."""
     with h5py.File(results / "evaluation" / "predictions.h5", "r") as h:
-        test = h["split"][()] == SPLIT_CODES[split]
-        out: dict[str, Any] = {k: h[k][()][test] for k in ("specid", "ref")
+        rows = h["split"][()] == SPLIT_CODES[split]
+        out: dict[str, Any] = {k: h[k][()][rows] for k in ("specid", "ref")
                                + (("star",) if "star" in h else ())}
         out["star"] = star_keys(out)
         out["labels"] = [str(x) for x in h.attrs["labels"]]
         for c in names:
-            out[c] = h[f"{c}/value"][()][test]
+            out[c] = h[f"{c}/value"][()][rows]
     return out
 
 

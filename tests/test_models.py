@@ -225,6 +225,25 @@ def test_fixed_flux_scale_keeps_absolute_line_depths_and_ignores_noise_level():
         SpecFormer(**kw, flux_scale=0.0)
 
 
+def test_fixed_flux_scale_in_the_denoising_target_and_the_noise_term():
+    """With ``flux_scale`` the denoising target is (target - 1) / flux_scale, and the
+    out-of-domain score's noise term is 1 / (ivar flux_scale^2): doubling ivar (which
+    changes nothing the encoder sees) raises the score by exactly half of 1 / (ivar 0.01)."""
+    torch.manual_seed(1)
+    m = SpecFormer(npix=300, patch_size=20, patch_stride=10, d_model=16, n_layers=1,
+                   n_heads=2, flux_scale=0.1, score_span=40).eval()
+    clean = 1 - 0.2 * torch.rand(2, 300)
+    noisy = clean + 0.05 * torch.randn(2, 300)
+    ivar = torch.full((2, 300), 100.0)
+    with torch.no_grad():
+        _, target, scale = m.encode_all(noisy, ivar, target=clean)
+        s1 = m.spectrum_scores(noisy, ivar)
+        s2 = m.spectrum_scores(noisy, 2 * ivar)
+    torch.testing.assert_close(target, (clean - 1) / 0.1)
+    torch.testing.assert_close(scale, torch.full((2, 1), 0.1))
+    torch.testing.assert_close(s2 - s1, torch.full((2,), 0.5), rtol=1e-4, atol=1e-4)
+
+
 def test_specformer_checkpoint_architecture_keeps_the_stats_token():
     from specbridge.models.checkpoint import build_model
     from specbridge.models.transfer import specformer_architecture
@@ -237,6 +256,7 @@ def test_specformer_checkpoint_architecture_keeps_the_stats_token():
     cand = specformer_architecture(arch, head)
     assert cand["embed_dim"] == 64 and cand["specformer"]["flux_scale"] == 0.1
     net = build_model("candidate", cand).eval()  # the servable SpecFormer + head runs
+    assert [m.flux_scale for m in net.modules() if isinstance(m, SpecFormer)] == [0.1]
     with torch.no_grad():
         mean, log_var = net(torch.stack([1 + 0.1 * torch.randn(2, 1462),
                                          torch.full((2, 1462), 100.0)], dim=1))

@@ -70,7 +70,8 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against the schema and return a deep copy with all defaults filled.
 
     Raises ConfigError with one line naming the first offending key (the deepest, most specific
-    error) and the allowed values.
+    error) and the allowed values, or the first combination of valid settings that contradict
+    each other (:func:`_check_combinations`).
     """
     cfg = copy.deepcopy(dict(config))
     validator = _Validator(_load_schema())

@@ -3,7 +3,7 @@ wrongly, so every catalogued spectrum is checked twice.
 
 * Spectrum space (``OOD_SPECTRUM``): the SpecFormer's masked-reconstruction score
   (:meth:`specbridge.models.specformer.SpecFormer.spectrum_scores`, the excess squared error of
-  reconstructing each pixel unseen, in standardised flux units) above a threshold: the
+  reconstructing each pixel unseen, in squared standardised flux units) above a threshold: the
   ``percentile`` of the same score over in-domain spectra of the same survey. For LAMOST
   (the real validation sets) these are the LAMOST spectra held out of the SpecFormer's
   training (stored with its checkpoint as quantiles); for DESI the labelled DESI stars

@@ -62,6 +62,12 @@ class Block(nn.Module):
 
 
 class SpecFormer(nn.Module):
+    """The spectral transformer (module docstring). Spectra (batch, ``npix``) on the common
+    grid; ``patch_size`` and ``patch_stride`` in pixels; ``score_span`` the hidden span
+    (pixels) of :meth:`spectrum_scores`; ``pool_regions`` and ``embed_stats_token`` shape
+    :meth:`embed`; ``flux_scale`` (continuum-normalised flux units, e.g. 0.1) replaces the
+    per-spectrum standardisation by (flux - 1) / flux_scale (:meth:`standardise`)."""
+
     def __init__(self, npix: int = 1462, patch_size: int = 20, patch_stride: int = 10,
                  d_model: int = 768, n_layers: int = 6, n_heads: int = 6,
                  dropout: float = 0.0, score_span: int = 40, pool_regions: int = 1,
@@ -151,29 +157,30 @@ class SpecFormer(nn.Module):
     def encode(self, flux: torch.Tensor, ivar: torch.Tensor,
                hidden: torch.Tensor | None = None, target: torch.Tensor | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Output patch tokens (batch, n_patches, d_model), the standardised flux and each
-        spectrum's std: :meth:`encode_all` without the stats token."""
-        out, x, sd = self.encode_all(flux, ivar, hidden, target)
-        return out[:, 1:], x, sd
+        """Output patch tokens (batch, n_patches, d_model), the standardised flux and the
+        scale it was divided by: :meth:`encode_all` without the stats token."""
+        out, x, scale = self.encode_all(flux, ivar, hidden, target)
+        return out[:, 1:], x, scale
 
     def encode_all(self, flux: torch.Tensor, ivar: torch.Tensor,
                    hidden: torch.Tensor | None = None, target: torch.Tensor | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Output tokens (batch, 1 + n_patches, d_model: the stats token, then the patches
         blue to red), the standardised flux (batch, npix; hidden
-        pixels included, standardised with the visible pixels' statistics) and each
-        spectrum's std (batch, 1).
+        pixels included, standardised with the visible pixels' statistics, see
+        :meth:`standardise`) and the scale it was divided by (batch, 1: each spectrum's std,
+        or ``flux_scale``).
 
         ``hidden`` (batch, npix) bool: pixels kept from the encoder; every token covering one
         is replaced by the mask token and they do not enter the standardisation.
         ``target`` (batch, npix): returned standardised (with ``flux``'s statistics) in place
         of ``flux``, for denoising (``flux`` a noisier copy of ``target``).
         """
-        x, stats, sd = self.standardise(flux, ivar, hidden)
+        x, stats, scale = self.standardise(flux, ivar, hidden)
         x_out = x
         if target is not None:
-            centre, _ = self._centre_scale(stats[:, :1], sd)
-            x_out = torch.where(ivar > 0, (target - centre) / sd, torch.zeros_like(x))
+            centre, _ = self._centre_scale(stats[:, :1], scale)
+            x_out = torch.where(ivar > 0, (target - centre) / scale, torch.zeros_like(x))
         seen = x if hidden is None else torch.where(hidden, torch.zeros_like(x), x)
         tok = self.patch_embed(self.patches(seen))
         if hidden is not None:
@@ -184,16 +191,16 @@ class SpecFormer(nn.Module):
         for block in self.blocks:
             tok = block(tok)
         out = self.norm(tok)
-        return out, x_out, sd
+        return out, x_out, scale
 
     def embed(self, flux: torch.Tensor, ivar: torch.Tensor) -> torch.Tensor:
         """(batch, embed_dim) the means of the output patch tokens over ``pool_regions``
         contiguous wavelength regions (as equal in tokens as can be), blue to red,
         concatenated (one region: the plain mean over all tokens); with
         ``embed_stats_token``, followed by the output of the stats token, the one token that
-        sees each spectrum's own mean and std, which standardisation divides out of the
-        patches (absolute line depths: metallicity). embed_dim = (pool_regions +
-        embed_stats_token) x d_model. Not standardised here."""
+        sees each spectrum's own mean and std, which the per-spectrum standardisation (without
+        ``flux_scale``) divides out of the patches (absolute line depths: metallicity).
+        embed_dim = (pool_regions + embed_stats_token) x d_model. Not standardised here."""
         full, _, _ = self.encode_all(flux, ivar)
         parts = [r.mean(dim=1) for r in full[:, 1:].tensor_split(self.pool_regions, dim=1)]
         if self.embed_stats_token:
@@ -210,12 +217,12 @@ class SpecFormer(nn.Module):
     def reconstruction(self, flux: torch.Tensor, ivar: torch.Tensor, hidden: torch.Tensor,
                        target: torch.Tensor | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(prediction, standardised target x, std), each pixel predicted from the encoder
+        """(prediction, standardised target x, scale), each pixel predicted from the encoder
         that did not see ``hidden``: prediction and x (batch, npix) in standardised units
-        (the target, ``flux`` or ``target``, is computed with the visible pixels' mean and
-        std of ``flux``), std (batch, 1)."""
-        out, x, sd = self.encode(flux, ivar, hidden, target)
-        return self.unpatch(self.reconstruct(out)), x, sd
+        (the target, ``flux`` or ``target``, standardised as ``flux`` is, with the visible
+        pixels' statistics: :meth:`standardise`), scale (batch, 1)."""
+        out, x, scale = self.encode(flux, ivar, hidden, target)
+        return self.unpatch(self.reconstruct(out)), x, scale
 
     def masked_loss(self, flux: torch.Tensor, ivar: torch.Tensor, hidden: torch.Tensor,
                     with_baseline: bool = False, target: torch.Tensor | None = None):
@@ -243,7 +250,8 @@ class SpecFormer(nn.Module):
     def spectrum_scores(self, flux: torch.Tensor, ivar: torch.Tensor, n_views: int = 4,
                         span: int | None = None) -> torch.Tensor:
         """(batch,) out-of-domain score: the mean over all usable pixels of the excess squared
-        reconstruction error, (pred - x)^2 - 1 / (ivar std^2), in standardised flux units;
+        reconstruction error, (pred - x)^2 - 1 / (ivar scale^2), in squared standardised flux
+        units (scale: each spectrum's std, or ``flux_scale``);
         each pixel is hidden in exactly one of ``n_views`` deterministic views (spans of
         ``span`` pixels, default the pretraining's ``score_span``; every ``n_views``-th span
         hidden in a view), so every pixel is reconstructed without being seen. Near 0 for
@@ -255,9 +263,9 @@ class SpecFormer(nn.Module):
         den = torch.zeros(b, device=flux.device)
         for v in range(n_views):
             hidden = (span_id % n_views == v)[None, :].expand(b, npix)
-            pred, x, sd = self.reconstruction(flux, ivar, hidden)
+            pred, x, scale = self.reconstruction(flux, ivar, hidden)
             m = hidden & (ivar > 0)
-            noise = torch.where(ivar > 0, 1.0 / (ivar * sd ** 2).clamp(min=1e-12),
+            noise = torch.where(ivar > 0, 1.0 / (ivar * scale ** 2).clamp(min=1e-12),
                                 torch.zeros_like(x))
             num += torch.where(m, (pred - x) ** 2 - noise, torch.zeros_like(x)).float().sum(1)
             den += m.sum(1).float()

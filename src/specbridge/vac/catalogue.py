@@ -59,8 +59,8 @@ def params_columns(labels: Sequence[str]) -> list[tuple[str, str, str, str]]:
                                                    "('' if none)"),
              ("SNR", "f4", "", "median per-pixel S/N over 4000-5600 A"),
              ("OOD_SCORE", "f4", "", "SpecFormer masked-reconstruction excess error "
-                                     "(in the SpecFormer's input units: flux_scale, else "
-                                     "each spectrum's std; OOD_SPECTRUM above the "
+                                     "(squared, in units of the SpecFormer's flux_scale, "
+                                     "else of each spectrum's std; OOD_SPECTRUM above the "
                                      "threshold in the header; NaN: none)"),
              ("OOD_DISTANCE", "f4", "", "squared Mahalanobis distance over k of the "
                                         "embedding from the training spectra's (about 1 "
