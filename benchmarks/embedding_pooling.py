@@ -26,6 +26,8 @@ def pooled(net, flux: np.ndarray, ivar: np.ndarray, regions: list[int]
     token's output (n, d_model)), one encoder pass per batch for every setting."""
     import torch
 
+    from specbridge.models.specformer import pool_tokens
+
     out: dict[int, list[np.ndarray]] = {r: [] for r in regions}
     stats: list[np.ndarray] = []
     with torch.no_grad():
@@ -35,8 +37,7 @@ def pooled(net, flux: np.ndarray, ivar: np.ndarray, regions: list[int]
             tok = full[:, 1:]
             stats.append(full[:, 0].numpy())
             for r in regions:
-                out[r].append(torch.cat([c.mean(1) for c in tok.tensor_split(r, dim=1)],
-                                        1).numpy())
+                out[r].append(pool_tokens(tok, r).numpy())
     return {r: np.concatenate(v) for r, v in out.items()}, np.concatenate(stats)
 
 

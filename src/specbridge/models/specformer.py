@@ -33,6 +33,12 @@ def n_patches(npix: int, size: int, stride: int) -> int:
     return -(-max(npix - size, 0) // stride) + 1
 
 
+def pool_tokens(tokens: torch.Tensor, regions: int) -> torch.Tensor:
+    """(batch, regions x d_model): the means of ``tokens`` (batch, n_tokens, d_model) over
+    ``regions`` contiguous runs of tokens (as equal as can be), in order, concatenated."""
+    return torch.cat([r.mean(dim=1) for r in tokens.tensor_split(regions, dim=1)], dim=1)
+
+
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + attn(LN(x)), then x + MLP(LN(x)), with
     ``qkv`` (d -> 3d) and ``proj`` (d -> d) for attention and ``fc1`` (d -> 4d), ``fc2``
@@ -116,6 +122,13 @@ class SpecFormer(nn.Module):
         tokens); with it, 1 and ``flux_scale`` (continuum-normalised flux keeps its absolute
         line depths, and a noisy spectrum's lines are not shrunk by a std its noise inflates).
         flux, ivar: (batch, npix); hidden: (batch, npix) bool or None."""
+        x, stats, _, scale = self._standardise(flux, ivar, hidden)
+        return x, stats, scale
+
+    def _standardise(self, flux: torch.Tensor, ivar: torch.Tensor,
+                     hidden: torch.Tensor | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`standardise` with the centre (batch, 1) too: (x, stats, centre, scale)."""
         use = ivar > 0
         vis = use if hidden is None else use & ~hidden
         w = vis.to(flux.dtype)
@@ -124,17 +137,12 @@ class SpecFormer(nn.Module):
         mu = (flux * w).sum(1, keepdim=True) / n
         sd = (((flux - mu) ** 2 * w).sum(1, keepdim=True) / n).sqrt().clamp(min=1e-6)
         stats = torch.cat([mu, torch.log10(sd)], dim=1)
-        centre, scale = self._centre_scale(mu, sd)
-        x = torch.where(use, (flux - centre) / scale, torch.zeros_like(flux))
-        return x, stats, scale
-
-    def _centre_scale(self, mu: torch.Tensor, sd: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(centre, scale), each (batch, 1), from the per-spectrum mean and std (see
-        :meth:`standardise`)."""
         if self.flux_scale is None:
-            return mu, sd
-        return torch.ones_like(mu), torch.full_like(sd, self.flux_scale)
+            centre, scale = mu, sd
+        else:
+            centre, scale = torch.ones_like(mu), torch.full_like(sd, self.flux_scale)
+        x = torch.where(use, (flux - centre) / scale, torch.zeros_like(flux))
+        return x, stats, centre, scale
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, npix) -> (batch, n_patches, patch_size), zero-padded at the red end."""
@@ -176,10 +184,9 @@ class SpecFormer(nn.Module):
         ``target`` (batch, npix): returned standardised (with ``flux``'s statistics) in place
         of ``flux``, for denoising (``flux`` a noisier copy of ``target``).
         """
-        x, stats, scale = self.standardise(flux, ivar, hidden)
+        x, stats, centre, scale = self._standardise(flux, ivar, hidden)
         x_out = x
         if target is not None:
-            centre, _ = self._centre_scale(stats[:, :1], scale)
             x_out = torch.where(ivar > 0, (target - centre) / scale, torch.zeros_like(x))
         seen = x if hidden is None else torch.where(hidden, torch.zeros_like(x), x)
         tok = self.patch_embed(self.patches(seen))
@@ -202,10 +209,10 @@ class SpecFormer(nn.Module):
         ``flux_scale``) divides out of the patches (absolute line depths: metallicity).
         embed_dim = (pool_regions + embed_stats_token) x d_model. Not standardised here."""
         full, _, _ = self.encode_all(flux, ivar)
-        parts = [r.mean(dim=1) for r in full[:, 1:].tensor_split(self.pool_regions, dim=1)]
-        if self.embed_stats_token:
-            parts.append(full[:, 0])
-        return torch.cat(parts, dim=1)
+        pooled = pool_tokens(full[:, 1:], self.pool_regions)
+        if not self.embed_stats_token:
+            return pooled
+        return torch.cat([pooled, full[:, 0]], dim=1)
 
     def forward(self, flux: torch.Tensor, ivar: torch.Tensor, hidden: torch.Tensor,
                 target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

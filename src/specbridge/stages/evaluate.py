@@ -280,8 +280,8 @@ def run(cfg: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
     need_emb = any(c.feature == "embedding" for c in cands)
     shards = paired_shards(inputs["spectra"], inputs.get("embeddings") if need_emb else None)
     data, scores = gather_labelled(cands, shards, cfg["finetune"], labels, inf["batch_size"])
-    n_val = int((data["split"] == 1).sum())
-    n_test = int((data["split"] == 2).sum())
+    n_val = int((data["split"] == VALIDATION).sum())
+    n_test = int((data["split"] == TEST).sum())
     log.info("%d candidates on %d validation and %d test DESI spectra with labels",
              len(cands), n_val, n_test)
     if n_val == 0 or n_test == 0:
